@@ -1,0 +1,138 @@
+// The op interface: every kernel the model needs, implemented once per backend (kernels/cpu,
+// kernels/cuda). Model code is written against this header only.
+//
+// Conventions:
+// - Tensors are row-major 2-D views (rows x cols). Activations are F32; weights may be F32, F16 or
+//   BF16 (quantized types join with GGUF). Accumulation is always F32.
+// - A batch is a flat list of tokens from several sequences. Sequence s owns the query rows
+//   [query_start[s], query_start[s + 1]).
+// - Determinism: every output element is reduced in a fixed order that depends only on the shapes
+//   of that sequence, never on how many tokens or sequences share the batch or how many threads
+//   run. A sequence's logits are therefore bit-identical whatever else is in the batch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/types/span.h"
+#include "glog/logging.h"
+
+namespace kvfold {
+
+enum class DType : uint8_t { kF32, kF16, kBF16 };
+
+constexpr size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+std::string_view DTypeName(DType t);
+
+enum class Device : uint8_t { kCpu, kCuda };
+
+// A non-owning view of a row-major 2-D array.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+
+  int64_t numel() const { return rows * cols; }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
+  float* f32() const {
+    DCHECK(dtype == DType::kF32);
+    return static_cast<float*>(data);
+  }
+  // Rows [begin, begin + count) of this view.
+  TensorView Rows(int64_t begin, int64_t count) const {
+    DCHECK(begin >= 0 && count >= 0 && begin + count <= rows);
+    return {static_cast<char*>(data) + begin * cols * DTypeSize(dtype), dtype, count, cols};
+  }
+};
+
+// An owning tensor allocated by a backend.
+class Tensor {
+ public:
+  using Deleter = void (*)(void*);
+  Tensor() = default;
+  Tensor(TensorView view, Deleter deleter) : view_(view), owner_(view.data, deleter) {}
+
+  const TensorView& view() const { return view_; }
+  float* f32() const { return view_.f32(); }
+  int64_t rows() const { return view_.rows; }
+  int64_t cols() const { return view_.cols; }
+
+ private:
+  TensorView view_;
+  std::unique_ptr<void, Deleter> owner_{nullptr, +[](void*) {}};
+};
+
+// One layer's paged KV cache. K and V are each [num_blocks * block_size, num_kv_heads * head_dim]:
+// the row of token slot `block_id * block_size + offset`.
+struct KvCacheLayer {
+  TensorView k;
+  TensorView v;
+  int32_t block_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+};
+
+// Where each sequence of a batch lives in the paged KV cache.
+struct AttentionBatch {
+  absl::Span<const int32_t> query_start;  // num_seqs + 1; query rows of sequence s
+  // Tokens of sequence s in the cache once this step's K/V are written. Query row j of sequence s
+  // sits at position context_len[s] - q_len[s] + j and attends to positions [0, that position].
+  absl::Span<const int32_t> context_len;
+  absl::Span<const int32_t> block_tables;  // num_seqs x max_blocks_per_seq, row-major
+  int32_t max_blocks_per_seq = 0;
+  absl::Span<const int64_t> slot_mapping;  // per query row: the cache slot its K/V go to
+
+  int32_t num_seqs() const { return static_cast<int32_t>(context_len.size()); }
+};
+
+// RoPE angles per position: cos in columns [0, head_dim/2), sin in [head_dim/2, head_dim).
+// Rotation follows the Hugging Face (rotate-half) layout: dims i and i + head_dim/2 form a pair.
+struct RopeTable {
+  TensorView cos_sin;  // [max_positions, head_dim], F32
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual Device device() const = 0;
+  virtual std::string_view name() const = 0;
+
+  // A zero-initialised activation buffer on this backend's device.
+  virtual Tensor Allocate(DType dtype, int64_t rows, int64_t cols) = 0;
+  // Copies host bytes into `dst` (same shape and dtype), and back.
+  virtual void CopyFromHost(const void* src, TensorView dst) = 0;
+  virtual void CopyToHost(const TensorView& src, void* dst) = 0;
+
+  // out[i] = table[token_ids[i]] (table in any weight dtype, out F32).
+  virtual void Embedding(absl::Span<const int32_t> token_ids, const TensorView& table,
+                         TensorView out) = 0;
+  // out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight. `out` may alias `x`.
+  virtual void RmsNorm(const TensorView& x, const TensorView& weight, float eps,
+                       TensorView out) = 0;
+  // out = x · wᵀ (+ bias): x [n, k] F32, w [m, k] any weight dtype, bias [1, m] F32 or null.
+  virtual void MatMul(const TensorView& x, const TensorView& w, const TensorView* bias,
+                      TensorView out) = 0;
+  // Rotates each head of x [n, num_heads * head_dim] in place by its token's position.
+  virtual void Rope(TensorView x, int num_heads, int head_dim,
+                    absl::Span<const int32_t> positions, const RopeTable& table) = 0;
+  // Writes row i of k and v to cache slot batch.slot_mapping[i].
+  virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
+                       const KvCacheLayer& cache) = 0;
+  // Causal attention of q [n, num_heads * head_dim] over the paged cache; GQA/MQA when
+  // num_heads is a multiple of cache.num_kv_heads. out has q's shape.
+  virtual void PagedAttention(const TensorView& q, const KvCacheLayer& cache,
+                              const AttentionBatch& batch, int num_heads, float scale,
+                              TensorView out) = 0;
+  // out = silu(gate) * up, elementwise. `out` may alias `gate`.
+  virtual void SiluMul(const TensorView& gate, const TensorView& up, TensorView out) = 0;
+  // x += y, elementwise.
+  virtual void Add(TensorView x, const TensorView& y) = 0;
+  // out[i] = x[rows[i]].
+  virtual void GatherRows(const TensorView& x, absl::Span<const int32_t> rows,
+                          TensorView out) = 0;
+};
+
+}  // namespace kvfold

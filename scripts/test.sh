@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds kvfold and runs every test: one Release build (unit, golden, end-to-end, fuzz-corpus
+# replay; GPU tests skip without a GPU), then an ASan/UBSan build of the unit tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+bash scripts/setup.sh
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFOLD_CUDA=OFF \
+  -DKVFOLD_BENCH=OFF -DKVFOLD_SANITIZE=address,undefined -DKVFOLD_TEST_LAYERS=unit
+cmake --build build-asan -j "$jobs" --target kvfold_unit_tests
+ctest --test-dir build-asan --output-on-failure -j "$jobs" -L unit

@@ -1,0 +1,66 @@
+// Text <-> token ids for a model, read from Hugging Face's tokenizer.json. Native C++, no Python
+// at serving time. Families are assembled from tokenizer.json's pipeline stages (normalizer,
+// pre-tokenizer, model, post-processor, decoder); this first version covers SentencePiece-style
+// BPE with byte fallback (Llama 2, Mistral, stories260K). Byte-level BPE (GPT-2, Llama 3, Qwen)
+// and GGUF-embedded vocabularies slot in behind the same interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace kvfold {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // `path`: a tokenizer.json file, or a folder holding one.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
+  // `source` names the origin in errors.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view json,
+                                                             std::string_view source);
+
+  // Ids exactly as Hugging Face `tokenizers` gives them (`encode(text, add_special_tokens)`).
+  // Special tokens written in the text are matched as single tokens (HF's default). Invalid
+  // UTF-8 is an InvalidArgument error.
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                                      bool add_special_tokens) const = 0;
+  // Text as HF `decode(ids, skip_special_tokens)` gives it. Ids out of range: InvalidArgument.
+  virtual absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
+                                             bool skip_special_tokens) const = 0;
+
+  virtual int32_t vocab_size() const = 0;
+  virtual std::optional<int32_t> TokenToId(std::string_view token) const = 0;
+  virtual std::optional<std::string_view> IdToToken(int32_t id) const = 0;
+  virtual std::optional<int32_t> bos_id() const = 0;
+  virtual std::optional<int32_t> eos_id() const = 0;
+  virtual bool IsSpecial(int32_t id) const = 0;
+};
+
+// Streaming detokenization: each Push returns the text the new token adds, never a split UTF-8
+// sequence, and the concatenation of everything returned (including Finish) equals
+// Decode(all ids). Prefix ids (e.g. the prompt) give context without being emitted.
+class IncrementalDetokenizer {
+ public:
+  IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens,
+                         absl::Span<const int32_t> prefix_ids = {});
+  absl::StatusOr<std::string> Push(int32_t id);
+  // Whatever is still held back (e.g. an incomplete UTF-8 sequence at the end, as U+FFFD).
+  absl::StatusOr<std::string> Finish();
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_tokens_;
+  std::vector<int32_t> ids_;
+  size_t prefix_offset_ = 0;  // ids_[prefix_offset_, read_offset_) were decoded to emit text
+  size_t read_offset_ = 0;
+};
+
+}  // namespace kvfold

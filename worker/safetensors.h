@@ -1,0 +1,54 @@
+// A memory-mapped .safetensors file: the header is parsed and validated once; tensors are views
+// into the mapping (no copies).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+
+namespace kvfold {
+
+struct SafetensorsTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // inside the mapping
+  size_t nbytes = 0;
+};
+
+// Parses and validates a safetensors byte buffer: header length, JSON, dtypes, shapes, offsets
+// in bounds and consistent with shape x dtype, no overlaps. `source` names the file in errors.
+// Tensor `data` pointers point into `bytes`. Exposed separately so the fuzzer can reach it.
+absl::StatusOr<std::vector<SafetensorsTensor>> ParseSafetensors(
+    std::string_view bytes, std::string_view source,
+    std::map<std::string, std::string>* metadata = nullptr);
+
+class SafetensorsFile {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<SafetensorsTensor>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // nullptr when absent.
+  const SafetensorsTensor* Find(std::string_view name) const;
+
+ private:
+  SafetensorsFile() = default;
+  std::string path_;
+  void* mapping_ = nullptr;
+  size_t mapping_size_ = 0;
+  std::vector<SafetensorsTensor> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace kvfold
