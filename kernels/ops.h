@@ -116,8 +116,8 @@ class Ops {
   virtual void MatMul(const TensorView& x, const TensorView& w, const TensorView* bias,
                       TensorView out) = 0;
   // Rotates each head of x [n, num_heads * head_dim] in place by its token's position.
-  virtual void Rope(TensorView x, int num_heads, int head_dim,
-                    absl::Span<const int32_t> positions, const RopeTable& table) = 0;
+  virtual void Rope(TensorView x, int num_heads, int head_dim, absl::Span<const int32_t> positions,
+                    const RopeTable& table) = 0;
   // Writes row i of k and v to cache slot batch.slot_mapping[i].
   virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                        const KvCacheLayer& cache) = 0;
@@ -131,8 +131,7 @@ class Ops {
   // x += y, elementwise.
   virtual void Add(TensorView x, const TensorView& y) = 0;
   // out[i] = x[rows[i]].
-  virtual void GatherRows(const TensorView& x, absl::Span<const int32_t> rows,
-                          TensorView out) = 0;
+  virtual void GatherRows(const TensorView& x, absl::Span<const int32_t> rows, TensorView out) = 0;
 };
 
 }  // namespace kvfold

@@ -45,6 +45,7 @@ class LlamaModel {
 
   std::unique_ptr<Checkpoint> checkpoint_;
   Ops& ops_;
+  std::vector<Tensor> owned_weights_;  // device copies; empty on CPU
   std::vector<Layer> layers_;
   TensorView embedding_;
   TensorView lm_head_;

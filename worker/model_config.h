@@ -42,7 +42,8 @@ struct ModelConfig {
   std::vector<int> eos_token_ids;  // generation_config.json's, else config.json's
 
   // Parses config.json text; `source` names the file in errors.
-  static absl::StatusOr<ModelConfig> FromJson(std::string_view config_json, std::string_view source);
+  static absl::StatusOr<ModelConfig> FromJson(std::string_view config_json,
+                                              std::string_view source);
   // Overrides EOS/BOS from generation_config.json text.
   absl::Status ApplyGenerationConfig(std::string_view generation_config_json,
                                      std::string_view source);

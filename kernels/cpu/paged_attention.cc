@@ -1,0 +1,65 @@
+#include "kernels/cpu/paged_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/numerics.h"
+
+namespace kvfold::cpu {
+
+QueryRow LocateQueryRow(const AttentionBatch& batch, int64_t row) {
+  // query_start is sorted: the sequence is the last start <= row.
+  auto it = std::upper_bound(batch.query_start.begin(), batch.query_start.end(), row);
+  const int32_t seq = static_cast<int32_t>(it - batch.query_start.begin()) - 1;
+  const int32_t q_len = batch.query_start[seq + 1] - batch.query_start[seq];
+  const int32_t j = static_cast<int32_t>(row) - batch.query_start[seq];
+  return {seq, batch.context_len[seq] - q_len + j};
+}
+
+void AttendTasks(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
+                 int num_heads, float scale, int64_t task_begin, int64_t task_end, TensorView out) {
+  const int d = cache.head_dim;
+  const int group = num_heads / cache.num_kv_heads;
+  const int64_t kv_stride = static_cast<int64_t>(cache.num_kv_heads) * d;
+  const float* k_cache = cache.k.f32();
+  const float* v_cache = cache.v.f32();
+  thread_local std::vector<float> scores;
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t row = task / num_heads;
+    const int head = static_cast<int>(task % num_heads);
+    const int kv_head = head / group;
+    const QueryRow where = LocateQueryRow(batch, row);
+    const int32_t* blocks =
+        batch.block_tables.data() + static_cast<int64_t>(where.seq) * batch.max_blocks_per_seq;
+    const int32_t n = where.position + 1;
+    const float* q_row = q.f32() + row * q.cols + static_cast<int64_t>(head) * d;
+    scores.resize(n);
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int32_t t = 0; t < n; ++t) {
+      const int64_t slot = static_cast<int64_t>(blocks[t / cache.block_size]) * cache.block_size +
+                           t % cache.block_size;
+      scores[t] = Dot(q_row, k_cache + slot * kv_stride + kv_head * d, d, LoadF32()) * scale;
+      max_score = std::max(max_score, scores[t]);
+    }
+    float denom = 0.0f;
+    for (int32_t t = 0; t < n; ++t) {
+      scores[t] = std::exp(scores[t] - max_score);
+      denom += scores[t];
+    }
+    float* o = out.f32() + row * out.cols + static_cast<int64_t>(head) * d;
+    std::fill(o, o + d, 0.0f);
+    for (int32_t t = 0; t < n; ++t) {
+      const int64_t slot = static_cast<int64_t>(blocks[t / cache.block_size]) * cache.block_size +
+                           t % cache.block_size;
+      const float* v = v_cache + slot * kv_stride + kv_head * d;
+      const float p = scores[t];
+      for (int i = 0; i < d; ++i) o[i] += p * v[i];
+    }
+    const float inv = 1.0f / denom;
+    for (int i = 0; i < d; ++i) o[i] *= inv;
+  }
+}
+
+}  // namespace kvfold::cpu

@@ -1,0 +1,271 @@
+#include "worker/llama_model.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/numerics.h"
+#include "worker/rope.h"
+#include "worker/status_macros.h"
+
+namespace kvfold {
+
+struct LlamaModel::Layer {
+  Tensor input_norm, post_attention_norm;
+  TensorView wq, wk, wv, wo, w_gate, w_up, w_down;
+  Tensor bq, bk, bv, bo, b_gate, b_up, b_down;  // empty unless the checkpoint has biases
+};
+
+// Activations for one step, grown to the largest batch seen.
+struct LlamaModel::Workspace {
+  int64_t num_tokens = 0, num_logits = 0;
+  Tensor x, h, q, k, v, attn, o, gate, up, last, logits;
+};
+
+namespace {
+
+const TensorView* OrNull(const Tensor& t) { return t.view().data ? &t.view() : nullptr; }
+
+std::string LayerName(int i, std::string_view leaf) {
+  return absl::StrCat("model.layers.", i, ".", std::string(leaf));
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(std::unique_ptr<Checkpoint> checkpoint, Ops& ops)
+    : checkpoint_(std::move(checkpoint)), ops_(ops), ws_(std::make_unique<Workspace>()) {}
+
+LlamaModel::~LlamaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<Checkpoint> checkpoint,
+                                                             Ops& ops) {
+  if (checkpoint == nullptr) return absl::InvalidArgumentError("no checkpoint");
+  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(checkpoint), ops));
+  if (absl::Status s = model->LoadWeights(); !s.ok()) return s;
+  return model;
+}
+
+namespace {
+
+// Weights live where the backend computes: views into the mapping on CPU, device copies
+// elsewhere. Norms and biases are small and always converted to F32.
+class WeightPlacer {
+ public:
+  WeightPlacer(const Checkpoint& ckpt, Ops& ops, std::vector<Tensor>& owned)
+      : ckpt_(ckpt), ops_(ops), owned_(owned) {}
+
+  absl::StatusOr<TensorView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
+    if (!host.ok() || ops_.device() == Device::kCpu) return host;
+    Tensor t = ops_.Allocate(host->dtype, rows, cols);
+    ops_.CopyFromHost(host->data, t.view());
+    owned_.push_back(std::move(t));
+    return owned_.back().view();
+  }
+
+  absl::StatusOr<Tensor> Vector(const std::string& name, int64_t n) {
+    absl::StatusOr<TensorView> host = ckpt_.Get(name, 1, n);
+    if (!host.ok()) return host.status();
+    std::vector<float> values(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const void* p = host->data;
+      switch (host->dtype) {
+        case DType::kF32:
+          values[i] = cpu::LoadF32()(p, i);
+          break;
+        case DType::kBF16:
+          values[i] = cpu::LoadBf16()(p, i);
+          break;
+        case DType::kF16:
+          values[i] = cpu::LoadF16()(p, i);
+          break;
+      }
+    }
+    Tensor t = ops_.Allocate(DType::kF32, 1, n);
+    ops_.CopyFromHost(values.data(), t.view());
+    return t;
+  }
+
+  // An absent optional bias is an empty tensor.
+  absl::StatusOr<Tensor> OptionalVector(bool present, const std::string& name, int64_t n) {
+    if (!present) return Tensor();
+    return Vector(name, n);
+  }
+
+ private:
+  const Checkpoint& ckpt_;
+  Ops& ops_;
+  std::vector<Tensor>& owned_;
+};
+
+}  // namespace
+
+absl::Status LlamaModel::LoadWeights() {
+  const ModelConfig& c = config();
+  WeightPlacer w(*checkpoint_, ops_, owned_weights_);
+  const int64_t d = c.hidden_size, ffn = c.intermediate_size;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+
+  KVFOLD_ASSIGN_OR_RETURN(embedding_, w.Matrix("model.embed_tokens.weight", c.vocab_size, d));
+  if (checkpoint_->Has("lm_head.weight")) {
+    KVFOLD_ASSIGN_OR_RETURN(lm_head_, w.Matrix("lm_head.weight", c.vocab_size, d));
+  } else if (c.tie_word_embeddings) {
+    lm_head_ = embedding_;
+  } else {
+    return absl::NotFoundError(
+        absl::StrCat(checkpoint_->dir(), ": no lm_head.weight and embeddings are not tied"));
+  }
+  KVFOLD_ASSIGN_OR_RETURN(final_norm_, w.Vector("model.norm.weight", d));
+
+  layers_.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    Layer& l = layers_[i];
+    auto name = [i](std::string_view leaf) { return LayerName(i, leaf); };
+    KVFOLD_ASSIGN_OR_RETURN(l.input_norm, w.Vector(name("input_layernorm.weight"), d));
+    KVFOLD_ASSIGN_OR_RETURN(l.post_attention_norm,
+                            w.Vector(name("post_attention_layernorm.weight"), d));
+    KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
+    KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Matrix(name("self_attn.k_proj.weight"), kv_dim, d));
+    KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
+    KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Matrix(name("self_attn.o_proj.weight"), d, q_dim));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_gate, w.Matrix(name("mlp.gate_proj.weight"), ffn, d));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_up, w.Matrix(name("mlp.up_proj.weight"), ffn, d));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_down, w.Matrix(name("mlp.down_proj.weight"), d, ffn));
+    KVFOLD_ASSIGN_OR_RETURN(l.bq,
+                            w.OptionalVector(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim));
+    KVFOLD_ASSIGN_OR_RETURN(l.bk,
+                            w.OptionalVector(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim));
+    KVFOLD_ASSIGN_OR_RETURN(l.bv,
+                            w.OptionalVector(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim));
+    KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
+    KVFOLD_ASSIGN_OR_RETURN(l.b_gate,
+                            w.OptionalVector(c.mlp_bias, name("mlp.gate_proj.bias"), ffn));
+    KVFOLD_ASSIGN_OR_RETURN(l.b_up, w.OptionalVector(c.mlp_bias, name("mlp.up_proj.bias"), ffn));
+    KVFOLD_ASSIGN_OR_RETURN(l.b_down, w.OptionalVector(c.mlp_bias, name("mlp.down_proj.bias"), d));
+  }
+
+  const std::vector<float> table = RopeCosSinTable(c, c.max_position_embeddings);
+  rope_table_ = ops_.Allocate(DType::kF32, c.max_position_embeddings, c.head_dim);
+  ops_.CopyFromHost(table.data(), rope_table_.view());
+  return absl::OkStatus();
+}
+
+void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
+  Workspace& w = *ws_;
+  const ModelConfig& c = config();
+  if (num_tokens > w.num_tokens) {
+    const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
+    const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+    w.x = ops_.Allocate(DType::kF32, num_tokens, c.hidden_size);
+    w.h = ops_.Allocate(DType::kF32, num_tokens, c.hidden_size);
+    w.o = ops_.Allocate(DType::kF32, num_tokens, c.hidden_size);
+    w.q = ops_.Allocate(DType::kF32, num_tokens, q_dim);
+    w.attn = ops_.Allocate(DType::kF32, num_tokens, q_dim);
+    w.k = ops_.Allocate(DType::kF32, num_tokens, kv_dim);
+    w.v = ops_.Allocate(DType::kF32, num_tokens, kv_dim);
+    w.gate = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
+    w.up = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
+    w.num_tokens = num_tokens;
+  }
+  if (num_logits > w.num_logits) {
+    w.last = ops_.Allocate(DType::kF32, num_logits, c.hidden_size);
+    w.logits = ops_.Allocate(DType::kF32, num_logits, c.vocab_size);
+    w.num_logits = num_logits;
+  }
+}
+
+namespace {
+
+absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const KvCache& cache) {
+  const int64_t n = static_cast<int64_t>(b.token_ids.size());
+  const AttentionBatch& a = b.attention;
+  if (n == 0) return absl::InvalidArgumentError("empty batch");
+  if (static_cast<int64_t>(b.positions.size()) != n ||
+      static_cast<int64_t>(a.slot_mapping.size()) != n) {
+    return absl::InvalidArgumentError("positions and slot mapping must have one entry per token");
+  }
+  if (a.query_start.size() != a.context_len.size() + 1 || a.query_start.front() != 0 ||
+      a.query_start.back() != n ||
+      a.block_tables.size() != a.context_len.size() * static_cast<size_t>(a.max_blocks_per_seq)) {
+    return absl::InvalidArgumentError("inconsistent attention batch layout");
+  }
+  for (int32_t id : b.token_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("token id %d outside [0, %d)", id, c.vocab_size));
+    }
+  }
+  for (int32_t p : b.positions) {
+    if (p < 0 || p >= c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "position %d outside the model's context of %d", p, c.max_position_embeddings));
+    }
+  }
+  for (int64_t slot : a.slot_mapping) {
+    if (slot < 0 || slot >= static_cast<int64_t>(cache.num_blocks()) * cache.block_size()) {
+      return absl::InvalidArgumentError(absl::StrFormat("cache slot %d out of range", slot));
+    }
+  }
+  for (int32_t r : b.logits_rows) {
+    if (r < 0 || r >= n) return absl::InvalidArgumentError("logits row out of range");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache, float* logits) {
+  KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache));
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
+  EnsureWorkspace(n, num_logits);
+  Workspace& w = *ws_;
+  ops_.Embedding(batch.token_ids, embedding_, w.x.view().Rows(0, n));
+  for (int i = 0; i < config().num_layers; ++i) ForwardLayer(i, batch, cache);
+  if (num_logits == 0) return absl::OkStatus();
+  const TensorView last = w.last.view().Rows(0, num_logits);
+  const TensorView out = w.logits.view().Rows(0, num_logits);
+  ops_.GatherRows(w.x.view().Rows(0, n), batch.logits_rows, last);
+  ops_.RmsNorm(last, final_norm_.view(), static_cast<float>(config().rms_norm_eps), last);
+  ops_.MatMul(last, lm_head_, nullptr, out);
+  ops_.CopyToHost(out, logits);
+  return absl::OkStatus();
+}
+
+void LlamaModel::ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache) {
+  const ModelConfig& c = config();
+  const Layer& l = layers_[index];
+  Workspace& w = *ws_;
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size());
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
+  const TensorView q = w.q.view().Rows(0, n), k = w.k.view().Rows(0, n);
+  const TensorView v = w.v.view().Rows(0, n), attn = w.attn.view().Rows(0, n);
+  const TensorView o = w.o.view().Rows(0, n);
+  const TensorView gate = w.gate.view().Rows(0, n), up = w.up.view().Rows(0, n);
+  const RopeTable rope{rope_table_.view()};
+  const KvCacheLayer kv = cache.layer(index);
+
+  ops_.RmsNorm(x, l.input_norm.view(), eps, h);
+  ops_.MatMul(h, l.wq, OrNull(l.bq), q);
+  ops_.MatMul(h, l.wk, OrNull(l.bk), k);
+  ops_.MatMul(h, l.wv, OrNull(l.bv), v);
+  ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
+  ops_.Rope(k, c.num_kv_heads, c.head_dim, batch.positions, rope);
+  ops_.WriteKv(k, v, batch.attention, kv);
+  ops_.PagedAttention(q, kv, batch.attention, c.num_heads,
+                      1.0f / std::sqrt(static_cast<float>(c.head_dim)), attn);
+  ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  ops_.Add(x, o);
+
+  ops_.RmsNorm(x, l.post_attention_norm.view(), eps, h);
+  ops_.MatMul(h, l.w_gate, OrNull(l.b_gate), gate);
+  ops_.MatMul(h, l.w_up, OrNull(l.b_up), up);
+  ops_.SiluMul(gate, up, gate);
+  ops_.MatMul(gate, l.w_down, OrNull(l.b_down), o);
+  ops_.Add(x, o);
+}
+
+}  // namespace kvfold

@@ -1,0 +1,26 @@
+// Turns a row of logits into a token. Seeded sampling draws from a counter-based generator keyed
+// by (seed, output position), so a request's tokens do not depend on what else is in the batch.
+// This first version does greedy and temperature; top-k/p, penalties and logprobs follow.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/types/span.h"
+
+namespace kvfold {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy
+  uint64_t seed = 0;
+};
+
+// A uniform float in [0, 1) from (seed, counter): SplitMix64 over their combination.
+float CounterUniform(uint64_t seed, uint64_t counter);
+
+// The highest logit's index; the lowest index among ties.
+int32_t ArgMax(absl::Span<const float> logits);
+
+// `position` is the index of this token among the request's outputs.
+int32_t Sample(absl::Span<const float> logits, const SamplingParams& params, uint64_t position);
+
+}  // namespace kvfold
