@@ -38,7 +38,7 @@ std::string ReadFile(const std::string& path) {
 Result Kvfold(const std::vector<std::string>& args) {
   const std::string dir = ::testing::TempDir();
   const std::string out = dir + "/kvfold_stdout", err = dir + "/kvfold_stderr";
-  std::string cmd = Quote(testing::BinaryPath("server/kvfold"));
+  std::string cmd = Quote(testing::BinaryPath("kvfold"));
   for (const std::string& a : args) cmd += " " + Quote(a);
   cmd += " >" + Quote(out) + " 2>" + Quote(err) + " </dev/null";
   const int status = std::system(cmd.c_str());
