@@ -17,6 +17,9 @@ using Json = nlohmann::json;
 // Debian's Abseil predates absl::string_view aliasing std::string_view; convert at the seams.
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
+// Parser messages quote the token they stopped at, which in a corrupt file can be huge.
+absl::string_view Clip(absl::string_view s) { return s.substr(0, 256); }
+
 enum class Family { kLlama, kMistral, kQwen2 };
 
 // Typed access to one JSON object's fields. Every accessor checks the type before converting, so
@@ -138,7 +141,7 @@ absl::StatusOr<Json> ParseObject(absl::string_view text, absl::string_view sourc
   try {
     json = Json::parse(text.begin(), text.end());
   } catch (const Json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", Clip(e.what())));
   }
   if (!json.is_object()) {
     return absl::InvalidArgumentError(
@@ -237,20 +240,21 @@ absl::Status ReadRope(const Json& json, absl::string_view source, ModelConfig* c
 }
 
 absl::Status ReadSizes(const FieldReader& fields, ModelConfig* config) {
-  for (const char* key : {"hidden_size", "intermediate_size", "num_hidden_layers",
-                          "num_attention_heads", "vocab_size", "max_position_embeddings"}) {
+  const std::pair<const char*, int*> required[] = {
+      {"hidden_size", &config->hidden_size},
+      {"intermediate_size", &config->intermediate_size},
+      {"num_hidden_layers", &config->num_layers},
+      {"num_attention_heads", &config->num_heads},
+      {"vocab_size", &config->vocab_size},
+      {"max_position_embeddings", &config->max_position_embeddings}};
+  for (const auto& [key, out] : required) {
     KVFOLD_RETURN_IF_ERROR(fields.Required(key));
+    KVFOLD_RETURN_IF_ERROR(fields.Int(key, out));
   }
-  KVFOLD_RETURN_IF_ERROR(fields.Int("hidden_size", &config->hidden_size));
-  KVFOLD_RETURN_IF_ERROR(fields.Int("intermediate_size", &config->intermediate_size));
-  KVFOLD_RETURN_IF_ERROR(fields.Int("num_hidden_layers", &config->num_layers));
-  KVFOLD_RETURN_IF_ERROR(fields.Int("num_attention_heads", &config->num_heads));
   config->num_kv_heads = config->num_heads;
   KVFOLD_RETURN_IF_ERROR(fields.Int("num_key_value_heads", &config->num_kv_heads));
   if (config->num_heads > 0) config->head_dim = config->hidden_size / config->num_heads;
   KVFOLD_RETURN_IF_ERROR(fields.Int("head_dim", &config->head_dim));
-  KVFOLD_RETURN_IF_ERROR(fields.Int("vocab_size", &config->vocab_size));
-  KVFOLD_RETURN_IF_ERROR(fields.Int("max_position_embeddings", &config->max_position_embeddings));
   KVFOLD_RETURN_IF_ERROR(fields.Double("rms_norm_eps", &config->rms_norm_eps));
   return absl::OkStatus();
 }
