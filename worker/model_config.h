@@ -38,13 +38,18 @@ struct ModelConfig {
   bool o_bias = false;    // Llama attention_bias also biases o_proj
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
+  // Mistral's sliding_window; Qwen2's only when use_sliding_window is true. Layers at index >=
+  // sliding_window_start_layer attend to the last `sliding_window` positions only (Qwen2's
+  // max_window_layers; 0 for Mistral, whose every layer slides).
+  std::optional<int> sliding_window;
+  int sliding_window_start_layer = 0;
   std::optional<int> bos_token_id;
   std::vector<int> eos_token_ids;  // generation_config.json's, else config.json's
 
-  // Parses config.json text; `source` names the file in errors.
+  // Parses config.json text and validates the result; `source` names the file in errors.
   static absl::StatusOr<ModelConfig> FromJson(std::string_view config_json,
                                               std::string_view source);
-  // Overrides EOS/BOS from generation_config.json text.
+  // Overrides EOS/BOS from generation_config.json text (where it states them), then validates.
   absl::Status ApplyGenerationConfig(std::string_view generation_config_json,
                                      std::string_view source);
   // Checks that the fields are consistent (positive sizes, heads divide, ...).
