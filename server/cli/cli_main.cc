@@ -51,7 +51,7 @@ int Main(int argc, char** argv) {
     PrintUsage(std::cerr);
     return 2;
   }
-  absl::SetProgramUsageMessage(absl::StrCat("kvfold ", command->name, ": ", command->summary));
+  absl::SetProgramUsageMessage(absl::StrCat("kvfold ", std::string(command->name), ": ", std::string(command->summary)));
   absl::FlagsUsageConfig usage;
   const std::string flags_file(command->flags_file);
   usage.contains_help_flags = [flags_file](absl::string_view path) {
@@ -61,7 +61,7 @@ int Main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
 
   std::vector<std::string> args = NormalizeFlagNames(argc - 1, argv + 1);
-  args[0] = absl::StrCat("kvfold ", command->name);
+  args[0] = absl::StrCat("kvfold ", std::string(command->name));
   std::vector<char*> arg_ptrs;
   for (std::string& a : args) arg_ptrs.push_back(a.data());
   std::vector<char*> rest =
