@@ -18,8 +18,9 @@ QueryRow LocateQueryRow(const AttentionBatch& batch, int64_t row) {
   return {seq, batch.context_len[seq] - q_len + j};
 }
 
-void AttendTasks(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
-                 int num_heads, float scale, int64_t task_begin, int64_t task_end, TensorView out) {
+KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cache,
+                                   const AttentionBatch& batch, int num_heads, float scale,
+                                   int64_t task_begin, int64_t task_end, TensorView out) {
   const int d = cache.head_dim;
   const int group = num_heads / cache.num_kv_heads;
   const int64_t kv_stride = static_cast<int64_t>(cache.num_kv_heads) * d;
