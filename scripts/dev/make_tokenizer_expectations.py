@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Writes the tokenizer exactness fixtures from Hugging Face `tokenizers` (dev only; CI never runs
-this). For each tokenizer and each string of tests/fixtures/tokenizer/corpus.json it records the ids
-with and without special tokens and the decode of both id lists with and without
-skip_special_tokens; plus seeded random id sequences (byte tokens, specials, invalid UTF-8) and
-their decodes. It also writes the Metaspace variants of stories260K that the tests load.
+this).
 
-Usage: python3 scripts/dev/make_tokenizer_expectations.py   (from the repository root; llama2 and
-mistral are skipped with a message when ../shared/tokenizers is absent)
+For each tokenizer, and for each string of tests/fixtures/tokenizer/corpus.json plus seeded random
+strings built from RANDOM_TEXT_FRAGMENTS, it records the ids with and without special tokens and
+the decode of both id lists with and without skip_special_tokens; then seeded random id sequences
+(byte pieces, specials, invalid UTF-8) with their decodes. It also writes the stories260K variants
+the tests load (Metaspace forms, added-token flags). The tokenizers version goes into each file.
+
+Usage, from the repository root: python3 scripts/dev/make_tokenizer_expectations.py
+(llama2 and mistral are skipped with a message when ../shared/tokenizers is absent.)
 """
 
 import json
@@ -22,6 +25,16 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 STORIES = "models/stories260K/tokenizer.json"
 NUM_RANDOM_DECODES = 60
+NUM_RANDOM_TEXTS = 60
+
+# Fragments that random texts are built from: they stress merges across scripts, spaces and
+# special tokens in odd places.
+RANDOM_TEXT_FRAGMENTS = [
+    "a", "e", "th", "the", "ing", "Once", " ", "  ", "\t", "\n", ".", ",", "!", "'", "0", "42",
+    "\u2581", "<s>", "</s>", "<unk>", "<mark>", "<|sp|>", "zebra", "lion", "<", ">", "s",
+    "\u4e2d", "\u6587", "\u00e9", "\u1ec7", "\u0645", "\U0001F600", "\U0001F468\u200d\U0001F469",
+    "\U0001F1FA\U0001F1F8", "\ufffd", "\u00a0", "\u3000", "\x00",
+]
 
 # Metaspace variants of stories260K: the same vocabulary behind the pre-tokenizer/decoder form that
 # newer Llama/Mistral conversions use, so the Metaspace code paths are checked against HF too.
@@ -142,6 +155,11 @@ def random_id_sequences(tok, rng):
     return sequences
 
 
+def random_texts(rng):
+    return ["".join(rng.choice(RANDOM_TEXT_FRAGMENTS) for _ in range(rng.randint(1, 40)))
+            for _ in range(NUM_RANDOM_TEXTS)]
+
+
 def expectations(name, rel_path, abs_path, corpus):
     tok = Tokenizer.from_file(abs_path)
     cases = []
@@ -177,6 +195,7 @@ def expectations(name, rel_path, abs_path, corpus):
 def main():
     with open(os.path.join(FIXTURES, "corpus.json"), encoding="utf-8") as f:
         corpus = json.load(f)
+    corpus += random_texts(random.Random(5678))
     targets = {"stories260K": (STORIES, os.path.join(ROOT, STORIES))}
     for name, rel in make_variants().items():
         targets[name] = (rel, os.path.join(ROOT, rel))
