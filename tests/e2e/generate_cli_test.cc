@@ -1,5 +1,6 @@
 // Drives the real `kvfold` binary as a user would: help, generation, bad input.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -36,8 +37,11 @@ std::string ReadFile(const std::string& path) {
 }
 
 Result Kvfold(const std::vector<std::string>& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string out = dir + "/kvfold_stdout", err = dir + "/kvfold_stderr";
+  // ctest runs test cases as parallel processes: every call gets its own files.
+  static int calls = 0;
+  const std::string stem =
+      ::testing::TempDir() + "/kvfold_" + std::to_string(getpid()) + "_" + std::to_string(calls++);
+  const std::string out = stem + ".stdout", err = stem + ".stderr";
   std::string cmd = Quote(testing::BinaryPath("kvfold"));
   for (const std::string& a : args) cmd += " " + Quote(a);
   cmd += " >" + Quote(out) + " 2>" + Quote(err) + " </dev/null";
@@ -46,6 +50,8 @@ Result Kvfold(const std::vector<std::string>& args) {
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r.out = ReadFile(out);
   r.err = ReadFile(err);
+  std::remove(out.c_str());
+  std::remove(err.c_str());
   return r;
 }
 
@@ -113,7 +119,7 @@ TEST(GenerateCliTest, BadInputGetsAClearErrorAndNonZeroExit) {
 }
 
 TEST(GenerateCliTest, CorruptWeightsAreReportedNotCrashed) {
-  const std::string dir = ::testing::TempDir() + "/corrupt_model";
+  const std::string dir = ::testing::TempDir() + "/corrupt_model_" + std::to_string(getpid());
   std::system(("rm -rf " + Quote(dir) + " && mkdir -p " + Quote(dir)).c_str());
   for (const char* f : {"config.json", "generation_config.json", "tokenizer.json"}) {
     std::ifstream in(testing::SourcePath(std::string("models/stories260K/") + f));
