@@ -20,8 +20,6 @@ void MatMulRowsImpl(const float* x, int64_t num_tokens, int64_t k, const void* w
   }
 }
 
-#define KVFOLD_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
 KVFOLD_ISA_CLONES void MatMulRowsF32(const float* x, int64_t n, int64_t k, const void* w,
                                      const float* bias, int64_t r0, int64_t r1, float* out,
                                      int64_t stride) {

@@ -46,6 +46,10 @@ inline uint16_t F32ToBf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+// Hot loops are compiled for several ISAs; the loader picks the best the machine supports.
+// Without -ffp-contract=fast no clone fuses multiply-adds, so every clone gives the same bits.
+#define KVFOLD_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
 // Weight element loaders: one per storage type.
 struct LoadF32 {
   float operator()(const void* p, int64_t i) const { return static_cast<const float*>(p)[i]; }
@@ -68,6 +72,11 @@ constexpr int kLanes = 16;
 
 template <typename Load>
 inline float Dot(const float* x, const void* w, int64_t n, Load load) {
+  if (n < kLanes) {  // the same order as below, minus a tree of zeros (head_dim 8, say)
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += x[i] * load(w, i);
+    return sum;
+  }
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {

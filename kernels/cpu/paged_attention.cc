@@ -18,30 +18,34 @@ QueryRow LocateQueryRow(const AttentionBatch& batch, int64_t row) {
   return {seq, batch.context_len[seq] - q_len + j};
 }
 
-void AttendTasks(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
-                 int num_heads, float scale, int64_t task_begin, int64_t task_end, TensorView out) {
+KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cache,
+                                   const AttentionBatch& batch, int num_heads, float scale,
+                                   int64_t task_begin, int64_t task_end, TensorView out) {
   const int d = cache.head_dim;
   const int group = num_heads / cache.num_kv_heads;
   const int64_t kv_stride = static_cast<int64_t>(cache.num_kv_heads) * d;
   const float* k_cache = cache.k.f32();
   const float* v_cache = cache.v.f32();
+  const int32_t bs = cache.block_size;
   thread_local std::vector<float> scores;
   for (int64_t task = task_begin; task < task_end; ++task) {
     const int64_t row = task / num_heads;
     const int head = static_cast<int>(task % num_heads);
-    const int kv_head = head / group;
+    const int64_t head_offset = static_cast<int64_t>(head / group) * d;
     const QueryRow where = LocateQueryRow(batch, row);
     const int32_t* blocks =
         batch.block_tables.data() + static_cast<int64_t>(where.seq) * batch.max_blocks_per_seq;
     const int32_t n = where.position + 1;
     const float* q_row = q.f32() + row * q.cols + static_cast<int64_t>(head) * d;
     scores.resize(n);
+    // Walk the context block by block: token t of block b sits at row blocks[b] * bs + t % bs.
     float max_score = -std::numeric_limits<float>::infinity();
-    for (int32_t t = 0; t < n; ++t) {
-      const int64_t slot = static_cast<int64_t>(blocks[t / cache.block_size]) * cache.block_size +
-                           t % cache.block_size;
-      scores[t] = Dot(q_row, k_cache + slot * kv_stride + kv_head * d, d, LoadF32()) * scale;
-      max_score = std::max(max_score, scores[t]);
+    for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
+      const float* k = k_cache + static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
+      for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
+        scores[t0 + i] = Dot(q_row, k + i * kv_stride, d, LoadF32()) * scale;
+        max_score = std::max(max_score, scores[t0 + i]);
+      }
     }
     float denom = 0.0f;
     for (int32_t t = 0; t < n; ++t) {
@@ -50,12 +54,13 @@ void AttendTasks(const TensorView& q, const KvCacheLayer& cache, const Attention
     }
     float* o = out.f32() + row * out.cols + static_cast<int64_t>(head) * d;
     std::fill(o, o + d, 0.0f);
-    for (int32_t t = 0; t < n; ++t) {
-      const int64_t slot = static_cast<int64_t>(blocks[t / cache.block_size]) * cache.block_size +
-                           t % cache.block_size;
-      const float* v = v_cache + slot * kv_stride + kv_head * d;
-      const float p = scores[t];
-      for (int i = 0; i < d; ++i) o[i] += p * v[i];
+    for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
+      const float* v = v_cache + static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
+      for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
+        const float p = scores[t0 + i];
+        const float* vr = v + i * kv_stride;
+        for (int j = 0; j < d; ++j) o[j] += p * vr[j];
+      }
     }
     const float inv = 1.0f / denom;
     for (int i = 0; i < d; ++i) o[i] *= inv;

@@ -1,0 +1,74 @@
+// The CUDA backend's Ops implementation, shared by the files that define its methods:
+// cuda_ops.cc (lifecycle, memory, element-wise ops), attention_ops.cc (WriteKv, PagedAttention) and
+// matmul.cc (MatMul).
+//
+// Everything runs in order on one stream the object owns; CopyToHost is the only call that waits
+// for it. Host spans are uploaded per call into a grow-only device scratch (first version: one
+// pageable copy per op call; pinned staging or one upload per step would save latency).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <string_view>
+
+#include "kernels/cuda/arg_pack.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/ops.h"
+
+namespace kvfold::cuda {
+
+class CudaOps final : public Ops {
+ public:
+  // Takes ownership of `stream` and `cublas` (already bound to `stream`).
+  CudaOps(int device_ordinal, cudaStream_t stream, cublasHandle_t cublas);
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  Device device() const override { return Device::kCuda; }
+  std::string_view name() const override { return "cuda"; }
+
+  Tensor Allocate(DType dtype, int64_t rows, int64_t cols) override;
+  void CopyFromHost(const void* src, TensorView dst) override;
+  void CopyToHost(const TensorView& src, void* dst) override;
+
+  void Embedding(absl::Span<const int32_t> token_ids, const TensorView& table,
+                 TensorView out) override;
+  void RmsNorm(const TensorView& x, const TensorView& weight, float eps, TensorView out) override;
+  void MatMul(const TensorView& x, const TensorView& w, const TensorView* bias,
+              TensorView out) override;
+  void Rope(TensorView x, int num_heads, int head_dim, absl::Span<const int32_t> positions,
+            const RopeTable& table) override;
+  void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
+               const KvCacheLayer& cache) override;
+  void PagedAttention(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
+                      int num_heads, float scale, TensorView out) override;
+  void SiluMul(const TensorView& gate, const TensorView& up, TensorView out) override;
+  void Add(TensorView x, const TensorView& y) override;
+  void GatherRows(const TensorView& x, absl::Span<const int32_t> rows, TensorView out) override;
+
+ private:
+  // Makes this object's device current on the calling thread.
+  void Activate() const;
+  // Copies `pack` to the argument scratch and returns its device address. The source is pageable,
+  // so cudaMemcpyAsync has staged it when it returns and `pack` may die at once; the scratch is
+  // rewritten by the next call only after this call's kernels, by stream order.
+  const char* Upload(const ArgPack& pack);
+
+  int device_ordinal_;
+  cudaStream_t stream_;
+  cublasHandle_t cublas_;
+  DeviceBuffer args_;
+  DeviceBuffer matmul_input_;
+  DeviceBuffer matmul_output_;
+};
+
+// Shape and dtype checks shared by the method files. Each CHECK-fails naming `what`.
+void CheckShape(const TensorView& t, DType dtype, int64_t rows, int64_t cols,
+                std::string_view what);
+void CheckData(const TensorView& t, std::string_view what);
+// Debug builds only: `ptr` is device (or managed) memory, not a host pointer by mistake.
+void DcheckOnDevice(const void* ptr, std::string_view what);
+
+}  // namespace kvfold::cuda

@@ -1,0 +1,67 @@
+// Launchers of the CUDA backend's kernels. Internal to kernels/cuda: every pointer is a device
+// pointer and every shape was checked by the CudaOps method that calls the launcher. Launchers
+// enqueue on `stream` and return at once; none launches for empty inputs.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace kvfold::cuda {
+
+// out[i] = table[token_ids[i]] as F32; table has `cols` columns of `table_dtype`.
+void LaunchEmbedding(const int32_t* token_ids, int64_t num_tokens, const void* table,
+                     DType table_dtype, int64_t cols, float* out, cudaStream_t stream);
+// Row-wise RMS norm; `out` may alias `x`.
+void LaunchRmsNorm(const float* x, const float* weight, float eps, int64_t rows, int64_t cols,
+                   float* out, cudaStream_t stream);
+// out = silu(gate) * up over `numel` elements; `out` may alias `gate` or `up`.
+void LaunchSiluMul(const float* gate, const float* up, int64_t numel, float* out,
+                   cudaStream_t stream);
+// x += y over `numel` elements.
+void LaunchAdd(float* x, const float* y, int64_t numel, cudaStream_t stream);
+// out[i] = x[rows[i]] for rows of `row_bytes` bytes (a multiple of 2).
+void LaunchGatherRows(const void* x, const int32_t* rows, int64_t num_rows, int64_t row_bytes,
+                      void* out, cudaStream_t stream);
+
+// Rotate-half RoPE of x [num_tokens, num_heads * head_dim] in place; `table` is
+// [max_positions, head_dim] with cos in the first half of each row and sin in the second.
+void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
+                const float* table, cudaStream_t stream);
+// Copies row i of k and v (each `row_width` floats) to row slots[i] of k_cache and v_cache.
+void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
+                   int64_t row_width, float* k_cache, float* v_cache, cudaStream_t stream);
+
+// Everything one paged-attention launch reads. Query row r belongs to sequence row_seq[r] and
+// sits at position row_pos[r]; it attends to positions [0, row_pos[r]] of that sequence.
+struct PagedAttentionParams {
+  const float* q = nullptr;        // [num_rows, num_heads * head_dim]
+  float* out = nullptr;            // same shape as q; may alias q
+  const float* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads * head_dim]
+  const float* v_cache = nullptr;
+  const int32_t* row_seq = nullptr;       // [num_rows]
+  const int32_t* row_pos = nullptr;       // [num_rows]
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  int64_t num_rows = 0;
+  int32_t max_blocks_per_seq = 0;
+  int32_t block_size = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  float scale = 1.0f;
+};
+// The largest head_dim the attention kernel supports.
+inline constexpr int kMaxAttentionHeadDim = 512;
+void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
+
+// MatMul staging: dst [padded_rows, cols] in `dst_dtype` (F32, F16 or BF16) = x [rows, cols]
+// rounded to nearest, with rows [rows, padded_rows) set to zero.
+void LaunchConvertPadRows(const float* x, int64_t rows, int64_t padded_rows, int64_t cols,
+                          DType dst_dtype, void* dst, cudaStream_t stream);
+// out [rows, cols] = src (+ bias [cols] when non-null).
+void LaunchCopyAddBias(const float* src, const float* bias, int64_t rows, int64_t cols, float* out,
+                       cudaStream_t stream);
+
+}  // namespace kvfold::cuda

@@ -1,0 +1,59 @@
+// Kernels that place tokens: RoPE rotation by position, and K/V writes into cache slots.
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/kernels.h"
+
+namespace kvfold::cuda {
+namespace {
+
+constexpr int kRowThreads = 128;
+
+// One block per token; each thread rotates pairs (i, i + head_dim / 2) of every head.
+__global__ void RopeKernel(float* x, int num_heads, int head_dim, const int32_t* positions,
+                           const float* table) {
+  const int half = head_dim / 2;
+  const int64_t token = blockIdx.x;
+  float* row = x + token * num_heads * head_dim;
+  const float* cos_sin = table + static_cast<int64_t>(positions[token]) * head_dim;
+  for (int p = threadIdx.x; p < num_heads * half; p += blockDim.x) {
+    const int head = p / half;
+    const int i = p % half;
+    float* h = row + head * head_dim;
+    const float cos = cos_sin[i];
+    const float sin = cos_sin[half + i];
+    const float a = h[i];
+    const float b = h[i + half];
+    h[i] = a * cos - b * sin;
+    h[i + half] = b * cos + a * sin;
+  }
+}
+
+// One block per token row.
+__global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots,
+                              int64_t row_width, float* k_cache, float* v_cache) {
+  const int64_t row = blockIdx.x;
+  const int64_t slot = slots[row];
+  for (int64_t c = threadIdx.x; c < row_width; c += blockDim.x) {
+    k_cache[slot * row_width + c] = k[row * row_width + c];
+    v_cache[slot * row_width + c] = v[row * row_width + c];
+  }
+}
+
+}  // namespace
+
+void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
+                const float* table, cudaStream_t stream) {
+  if (num_tokens == 0 || num_heads == 0 || head_dim == 0) return;
+  RopeKernel<<<static_cast<unsigned int>(num_tokens), kRowThreads, 0, stream>>>(
+      x, num_heads, head_dim, positions, table);
+  KVFOLD_CUDA_CHECK_LAUNCH();
+}
+
+void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
+                   int64_t row_width, float* k_cache, float* v_cache, cudaStream_t stream) {
+  if (num_rows == 0 || row_width == 0) return;
+  WriteKvKernel<<<static_cast<unsigned int>(num_rows), kRowThreads, 0, stream>>>(
+      k, v, slots, row_width, k_cache, v_cache);
+  KVFOLD_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kvfold::cuda

@@ -1,0 +1,8 @@
+#include "server/cli/common_flags.h"
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, model, "",
+          "Model folder (Hugging Face layout: config.json + safetensors + tokenizer.json); empty: "
+          "the default model");
+ABSL_FLAG(int, threads, 0, "CPU threads for the model (0: every core)");

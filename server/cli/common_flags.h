@@ -1,0 +1,9 @@
+// Flags every model-running command shares.
+#pragma once
+
+#include <string>
+
+#include "absl/flags/declare.h"
+
+ABSL_DECLARE_FLAG(std::string, model);
+ABSL_DECLARE_FLAG(int, threads);

@@ -1,0 +1,133 @@
+// `kvfold generate`: one prompt, one sequence, text streamed to stdout as it is produced, then
+// prefill and decode speeds on stderr.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "server/cli/command.h"
+#include "server/cli/common_flags.h"
+#include "server/tokenizer/tokenizer.h"
+#include "worker/checkpoint.h"
+#include "worker/llama_model.h"
+#include "worker/sampler.h"
+#include "worker/sequence_runner.h"
+
+ABSL_FLAG(std::string, prompt, "", "Prompt text (empty: start from BOS alone)");
+ABSL_FLAG(int, max_tokens, 256, "Most tokens to generate");
+ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature (0: greedy)");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+
+namespace kvfold::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+struct Loaded {
+  std::unique_ptr<Ops> ops;
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+absl::StatusOr<Loaded> Load(const std::string& path, int threads) {
+  Loaded l;
+  l.ops = NewCpuOps(threads);
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(path);
+  if (!ckpt.ok()) return ckpt.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(ckpt), *l.ops);
+  if (!model.ok()) return model.status();
+  l.model = *std::move(model);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);
+  if (!tok.ok()) return tok.status();
+  l.tokenizer = *std::move(tok);
+  return l;
+}
+
+bool IsEos(const ModelConfig& config, int32_t id) {
+  return std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) !=
+         config.eos_token_ids.end();
+}
+
+absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
+                      const SamplingParams& sampling) {
+  const ModelConfig& config = l.model->config();
+  absl::StatusOr<std::vector<int32_t>> ids = l.tokenizer->Encode(prompt, true);
+  if (!ids.ok()) return ids.status();
+  if (ids->empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  const int32_t prompt_len = static_cast<int32_t>(ids->size());
+  if (prompt_len >= config.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the prompt has %d tokens; the model's context is %d", prompt_len,
+                        config.max_position_embeddings));
+  }
+  const int32_t capacity = std::min(config.max_position_embeddings, prompt_len + max_tokens);
+  SequenceRunner runner(*l.model, *l.ops, capacity);
+  IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
+  std::cout << prompt << std::flush;
+
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<std::vector<float>> logits = runner.Append(*ids);
+  if (!logits.ok()) return logits.status();
+  const Clock::time_point prefill_done = Clock::now();
+  int generated = 0;
+  while (generated < capacity - prompt_len) {
+    const int32_t next = Sample(*logits, sampling, generated);
+    ++generated;
+    if (IsEos(config, next)) break;
+    absl::StatusOr<std::string> text = detok.Push(next);
+    if (!text.ok()) return text.status();
+    std::cout << *text << std::flush;
+    if (runner.length() == capacity) break;
+    logits = runner.Append(absl::MakeConstSpan(&next, 1));
+    if (!logits.ok()) return logits.status();
+  }
+  absl::StatusOr<std::string> tail = detok.Finish();
+  if (!tail.ok()) return tail.status();
+  std::cout << *tail << std::endl;
+  const Clock::time_point end = Clock::now();
+  const int decode_steps = std::max(0, generated - 1);  // the first token came from prefill
+  std::cerr << absl::StrFormat(
+      "prefill: %d tokens in %.2f ms (%.1f tokens/s)\n"
+      "decode: %d tokens in %.2f ms (%.1f tokens/s)\n",
+      prompt_len, 1e3 * Seconds(prefill_done - start), prompt_len / Seconds(prefill_done - start),
+      decode_steps, 1e3 * Seconds(end - prefill_done),
+      decode_steps > 0 ? decode_steps / Seconds(end - prefill_done) : 0.0);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunGenerate(const std::vector<std::string>& positional) {
+  if (!positional.empty()) {
+    std::cerr << "kvfold generate: unexpected argument '" << positional[0]
+              << "' (the prompt goes in --prompt)\n";
+    return 2;
+  }
+  const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  const float temperature = absl::GetFlag(FLAGS_temperature);
+  if (max_tokens < 1 || !(temperature >= 0.0f)) {
+    std::cerr << "kvfold generate: --max-tokens must be >= 1 and --temperature >= 0\n";
+    return 2;
+  }
+  std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty()) path = DefaultModelPath();
+  absl::StatusOr<Loaded> loaded = Load(path, absl::GetFlag(FLAGS_threads));
+  if (!loaded.ok()) {
+    std::cerr << "kvfold generate: " << loaded.status().message() << "\n";
+    return 1;
+  }
+  const SamplingParams sampling{temperature, absl::GetFlag(FLAGS_seed)};
+  if (absl::Status s = Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling);
+      !s.ok()) {
+    std::cerr << "kvfold generate: " << s.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace kvfold::cli

@@ -1,0 +1,182 @@
+// WriteKv and PagedAttention of the CUDA backend against the CPU reference: several sequences of
+// different lengths (decode, prefill, chunked prefill), MHA, GQA and MQA, several blocks per
+// sequence with scrambled block ids, contexts longer than the kernel's 64-position tile.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/gpu/backend_pair.h"
+
+namespace kvfold {
+namespace {
+
+using testing::BackendPairTest;
+using testing::RandomArray;
+using testing::TensorPair;
+
+struct SeqSpec {
+  int32_t q_len;
+  int32_t context_len;
+};
+
+// A batch's host-side description: everything AttentionBatch points at.
+struct BatchData {
+  std::vector<int32_t> query_start;
+  std::vector<int32_t> context_len;
+  std::vector<int32_t> block_tables;
+  std::vector<int64_t> slot_mapping;
+  int32_t max_blocks_per_seq = 0;
+  int32_t num_blocks = 0;
+
+  AttentionBatch View() const {
+    return {query_start, context_len, block_tables, max_blocks_per_seq, slot_mapping};
+  }
+  int32_t num_rows() const { return query_start.back(); }
+};
+
+// Gives the sequences blocks from a shuffled pool with `spare_blocks` left unused, and one spare
+// table entry each (pointing at an unused block: a kernel that reads past the context would see
+// garbage).
+BatchData MakeBatch(const std::vector<SeqSpec>& seqs, int32_t block_size, int32_t spare_blocks,
+                    std::mt19937& rng) {
+  BatchData b;
+  int32_t blocks_needed = 0;
+  for (const SeqSpec& s : seqs) {
+    const int32_t blocks = (s.context_len + block_size - 1) / block_size;
+    blocks_needed += blocks;
+    b.max_blocks_per_seq = std::max(b.max_blocks_per_seq, blocks + 1);
+  }
+  b.num_blocks = blocks_needed + spare_blocks;
+  std::vector<int32_t> pool(b.num_blocks);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  const int32_t unused = pool.back();
+  size_t next = 0;
+  b.query_start.push_back(0);
+  for (const SeqSpec& s : seqs) {
+    std::vector<int32_t> row(b.max_blocks_per_seq, unused);
+    for (int32_t i = 0; i < (s.context_len + block_size - 1) / block_size; ++i)
+      row[i] = pool[next++];
+    for (int32_t j = 0; j < s.q_len; ++j) {
+      const int32_t pos = s.context_len - s.q_len + j;
+      b.slot_mapping.push_back(int64_t{row[pos / block_size]} * block_size + pos % block_size);
+    }
+    b.block_tables.insert(b.block_tables.end(), row.begin(), row.end());
+    b.query_start.push_back(b.query_start.back() + s.q_len);
+    b.context_len.push_back(s.context_len);
+  }
+  return b;
+}
+
+struct AttentionConfig {
+  int num_heads;
+  int num_kv_heads;
+  int head_dim;
+  int32_t block_size;
+};
+
+class CudaAttentionTest : public BackendPairTest {
+ protected:
+  // Fills the cache with random K/V (the earlier context), writes this step's K/V for the query
+  // rows, runs attention; checks the caches bit for bit and the outputs within a tolerance.
+  void RunAndCompare(const AttentionConfig& c, const std::vector<SeqSpec>& seqs, uint32_t seed) {
+    std::mt19937 rng(seed);
+    const BatchData batch = MakeBatch(seqs, c.block_size, 3, rng);
+    const int64_t width = int64_t{c.num_kv_heads} * c.head_dim;
+    const int64_t cache_rows = int64_t{batch.num_blocks} * c.block_size;
+    const TensorPair k_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width));
+    const TensorPair v_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width));
+    const int64_t n = batch.num_rows();
+    const TensorPair k = Upload(RandomArray(rng, DType::kF32, n, width));
+    const TensorPair v = Upload(RandomArray(rng, DType::kF32, n, width));
+    const TensorPair q =
+        Upload(RandomArray(rng, DType::kF32, n, int64_t{c.num_heads} * c.head_dim));
+    const TensorPair out = Zeros(n, int64_t{c.num_heads} * c.head_dim);
+    const KvCacheLayer cpu_cache{k_cache.cpu.view(), v_cache.cpu.view(), c.block_size,
+                                 c.num_kv_heads, c.head_dim};
+    const KvCacheLayer gpu_cache{k_cache.gpu.view(), v_cache.gpu.view(), c.block_size,
+                                 c.num_kv_heads, c.head_dim};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+    cpu_->WriteKv(k.cpu.view(), v.cpu.view(), batch.View(), cpu_cache);
+    gpu_->WriteKv(k.gpu.view(), v.gpu.view(), batch.View(), gpu_cache);
+    testing::ExpectBitwiseEqual(Gpu(k_cache), Cpu(k_cache));
+    testing::ExpectBitwiseEqual(Gpu(v_cache), Cpu(v_cache));
+
+    cpu_->PagedAttention(q.cpu.view(), cpu_cache, batch.View(), c.num_heads, scale, out.cpu.view());
+    gpu_->PagedAttention(q.gpu.view(), gpu_cache, batch.View(), c.num_heads, scale, out.gpu.view());
+    // Outputs are convex combinations of V entries in [-1, 1], so a relative error d in the
+    // softmax weights moves them by at most 2d. Reordering the head_dim-term dot products shifts
+    // scores by ~sqrt(head_dim) * u * sum|q_i k_i| * scale <= ~5e-6 here (head_dim <= 256), and
+    // online vs two-pass softmax and expf add a few ulp. 5e-5 absolute leaves a wide margin, while
+    // a wrong mask, head mapping or block lookup moves outputs by >= ~5e-3 even at 150 positions.
+    testing::ExpectNear(Gpu(out), Cpu(out), 5e-5, 0.0);
+  }
+};
+
+const std::vector<SeqSpec> kMixedBatch = {
+    {1, 1},     // first decode step
+    {1, 70},    // decode, context across two 64-position tiles
+    {5, 5},     // whole prefill
+    {3, 40},    // chunked prefill
+    {17, 150},  // long chunked prefill, three tiles
+    {1, 129},   // decode, one position past two full tiles
+};
+
+TEST_F(CudaAttentionTest, MultiHeadAttention) { RunAndCompare({4, 4, 64, 16}, kMixedBatch, 11); }
+
+TEST_F(CudaAttentionTest, GroupedQueryAttention) {
+  RunAndCompare({8, 2, 128, 16}, kMixedBatch, 12);
+}
+
+TEST_F(CudaAttentionTest, MultiQueryAttentionOddHeadDimAndBlockSize) {
+  RunAndCompare({6, 1, 33, 5}, kMixedBatch, 13);
+}
+
+TEST_F(CudaAttentionTest, SingleDecodeRowAndBlockSizeOne) {
+  RunAndCompare({2, 1, 1, 1}, {{1, 3}}, 14);
+}
+
+TEST_F(CudaAttentionTest, LargeHeadDim) { RunAndCompare({2, 2, 256, 32}, {{2, 100}, {1, 33}}, 15); }
+
+// The ops.h contract: a sequence's output is bit-identical alone and inside a batch.
+TEST_F(CudaAttentionTest, SequenceOutputIsBatchInvariant) {
+  std::mt19937 rng(16);
+  const AttentionConfig c{8, 2, 64, 16};
+  const BatchData batch = MakeBatch(kMixedBatch, c.block_size, 0, rng);
+  const int64_t width = int64_t{c.num_kv_heads} * c.head_dim;
+  const int64_t q_width = int64_t{c.num_heads} * c.head_dim;
+  const int64_t cache_rows = int64_t{batch.num_blocks} * c.block_size;
+  const Tensor k_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width)).gpu;
+  const Tensor v_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width)).gpu;
+  const KvCacheLayer cache{k_cache.view(), v_cache.view(), c.block_size, c.num_kv_heads,
+                           c.head_dim};
+  const Tensor q = Upload(RandomArray(rng, DType::kF32, batch.num_rows(), q_width)).gpu;
+  const Tensor out = gpu_->Allocate(DType::kF32, batch.num_rows(), q_width);
+  gpu_->PagedAttention(q.view(), cache, batch.View(), c.num_heads, 0.125f, out.view());
+  const std::vector<float> batched = Download(*gpu_, out);
+
+  const int s = 4;  // the long chunked prefill
+  const int32_t begin = batch.query_start[s];
+  const int32_t q_len = batch.query_start[s + 1] - begin;
+  const std::vector<int32_t> query_start = {0, q_len};
+  const std::vector<int32_t> context_len = {batch.context_len[s]};
+  const std::vector<int32_t> table(batch.block_tables.begin() + s * batch.max_blocks_per_seq,
+                                   batch.block_tables.begin() + (s + 1) * batch.max_blocks_per_seq);
+  const std::vector<int64_t> slots(batch.slot_mapping.begin() + begin,
+                                   batch.slot_mapping.begin() + begin + q_len);
+  const AttentionBatch alone{query_start, context_len, table, batch.max_blocks_per_seq, slots};
+  const Tensor out_alone = gpu_->Allocate(DType::kF32, q_len, q_width);
+  gpu_->PagedAttention(q.view().Rows(begin, q_len), cache, alone, c.num_heads, 0.125f,
+                       out_alone.view());
+  testing::ExpectBitwiseEqual(Download(*gpu_, out_alone),
+                              std::vector<float>(batched.begin() + begin * q_width,
+                                                 batched.begin() + (begin + q_len) * q_width));
+}
+
+}  // namespace
+}  // namespace kvfold

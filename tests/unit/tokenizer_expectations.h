@@ -1,0 +1,107 @@
+// Reads the exactness fixtures that scripts/dev/make_tokenizer_expectations.py writes from Hugging
+// Face `tokenizers`, and names the tokenizers they were written for.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/paths.h"
+
+namespace kvfold::testing {
+
+struct EncodeCase {
+  std::string text;
+  std::vector<int32_t> ids;               // encode(text, add_special_tokens=False)
+  std::vector<int32_t> ids_with_special;  // encode(text, add_special_tokens=True)
+  std::string decode;                     // decode(ids, skip_special_tokens=False)
+  std::string decode_skip_special;
+  std::string decode_with_special;  // decode(ids_with_special, ...)
+  std::string decode_with_special_skip_special;
+};
+
+struct DecodeCase {
+  std::vector<int32_t> ids;
+  std::string decode;
+  std::string decode_skip_special;
+};
+
+struct Expectations {
+  std::string tokenizers_version;
+  int32_t vocab_size = 0;
+  std::vector<EncodeCase> cases;
+  std::vector<DecodeCase> decodes;
+};
+
+// One tokenizer under test: its fixture name and where its tokenizer.json lives.
+struct TokenizerUnderTest {
+  std::string name;  // expected_<name>.json
+  std::string path;  // relative to the repository, or to ../shared when `shared`
+  bool shared = false;
+};
+
+// Keeps gtest from printing the struct's bytes in test names.
+inline void PrintTo(const TokenizerUnderTest& under_test, std::ostream* os) {
+  *os << under_test.name;
+}
+
+inline std::vector<TokenizerUnderTest> AllTokenizersUnderTest() {
+  const std::string fixtures = "tests/fixtures/tokenizer/";
+  return {
+      {"stories260K", "models/stories260K/tokenizer.json", false},
+      {"stories260K_metaspace_first", fixtures + "stories260K_metaspace_first.json", false},
+      {"stories260K_metaspace_always_split", fixtures + "stories260K_metaspace_always_split.json",
+       false},
+      {"stories260K_metaspace_legacy", fixtures + "stories260K_metaspace_legacy.json", false},
+      {"stories260K_added_flags", fixtures + "stories260K_added_flags.json", false},
+      {"llama2", "tokenizers/llama2/tokenizer.json", true},
+      {"mistral", "tokenizers/mistral/tokenizer.json", true},
+  };
+}
+
+inline std::string ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+// Parses expected_<name>.json; fixtures are trusted test data, so a malformed one fails the test
+// through the exception gtest reports.
+inline Expectations LoadExpectations(const std::string& name) {
+  const std::string path = SourcePath("tests/fixtures/tokenizer/expected_" + name + ".json");
+  const nlohmann::json root = nlohmann::json::parse(ReadTextFile(path));
+  Expectations result;
+  result.tokenizers_version = root.at("tokenizers_version").get<std::string>();
+  result.vocab_size = root.at("vocab_size").get<int32_t>();
+  for (const nlohmann::json& c : root.at("cases")) {
+    result.cases.push_back(EncodeCase{
+        c.at("text").get<std::string>(),
+        c.at("ids").get<std::vector<int32_t>>(),
+        c.at("ids_with_special").get<std::vector<int32_t>>(),
+        c.at("decode").get<std::string>(),
+        c.at("decode_skip_special").get<std::string>(),
+        c.at("decode_with_special").get<std::string>(),
+        c.at("decode_with_special_skip_special").get<std::string>(),
+    });
+  }
+  for (const nlohmann::json& d : root.at("decodes")) {
+    result.decodes.push_back(DecodeCase{d.at("ids").get<std::vector<int32_t>>(),
+                                        d.at("decode").get<std::string>(),
+                                        d.at("decode_skip_special").get<std::string>()});
+  }
+  return result;
+}
+
+// A printable form of a test string for failure messages (JSON-escaped).
+inline std::string Quoted(const std::string& text) {
+  return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace kvfold::testing
