@@ -90,11 +90,12 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   KVFOLD_RETURN_IF_ERROR(checkpoint->LoadConfig());
   const std::string index_path = absl::StrCat(dir, "/model.safetensors.index.json");
   const std::string single_path = absl::StrCat(dir, "/model.safetensors");
+  // Like transformers: a single file wins over an index beside it.
   std::error_code ec;
-  if (std::filesystem::exists(index_path, ec)) {
-    KVFOLD_RETURN_IF_ERROR(checkpoint->LoadShards(index_path));
-  } else if (std::filesystem::exists(single_path, ec)) {
+  if (std::filesystem::exists(single_path, ec)) {
     KVFOLD_RETURN_IF_ERROR(checkpoint->LoadSingleFile(single_path));
+  } else if (std::filesystem::exists(index_path, ec)) {
+    KVFOLD_RETURN_IF_ERROR(checkpoint->LoadShards(index_path));
   } else {
     return absl::NotFoundError(
         absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json in the folder"));

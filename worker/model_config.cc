@@ -1,7 +1,11 @@
 #include "worker/model_config.h"
 
+#include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -30,6 +34,8 @@ class FieldReader {
   FieldReader(const Json& object, absl::string_view source, absl::string_view prefix = "")
       : object_(object), source_(source), prefix_(prefix) {}
 
+  absl::string_view source() const { return source_; }
+
   bool Has(const char* key) const {
     auto it = object_.find(key);
     return it != object_.end() && !it->is_null();
@@ -51,7 +57,7 @@ class FieldReader {
     const Json* v = Find(key);
     if (v == nullptr) return absl::OkStatus();
     int value = 0;
-    if (absl::Status s = ToInt(*v, key, &value); !s.ok()) return s;
+    KVFOLD_RETURN_IF_ERROR(ToInt(*v, key, &value));
     *out = value;
     return absl::OkStatus();
   }
@@ -84,19 +90,12 @@ class FieldReader {
   absl::Status IntList(const char* key, std::vector<int>* out) const {
     const Json* v = Find(key);
     if (v == nullptr) return absl::OkStatus();
+    const Json items = v->is_array() ? *v : Json::array({*v});
     std::vector<int> values;
-    if (v->is_array()) {
-      for (const Json& item : *v) {
-        int value = 0;
-        if (!IsInt(item)) return TypeError(key, "an integer or a list of integers", *v);
-        if (absl::Status s = ToInt(item, key, &value); !s.ok()) return s;
-        values.push_back(value);
-      }
-    } else {
-      int value = 0;
-      if (!IsInt(*v)) return TypeError(key, "an integer or a list of integers", *v);
-      if (absl::Status s = ToInt(*v, key, &value); !s.ok()) return s;
-      values.push_back(value);
+    for (const Json& item : items) {
+      if (!IsInt(item)) return TypeError(key, "an integer or a list of integers", *v);
+      values.push_back(0);
+      KVFOLD_RETURN_IF_ERROR(ToInt(item, key, &values.back()));
     }
     *out = std::move(values);
     return absl::OkStatus();
@@ -193,6 +192,11 @@ absl::Status ReadRopeScaling(const Json& rope, absl::string_view source, absl::s
   std::string type;
   KVFOLD_RETURN_IF_ERROR(fields.String("type", &type));  // older configs' spelling
   KVFOLD_RETURN_IF_ERROR(fields.String("rope_type", &type));
+  if (type.empty() && fields.Has("factor")) {
+    // transformers itself fails on a scaling factor of no stated type.
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": field '", key, "' has a factor but no 'rope_type'"));
+  }
   if (type.empty() || type == "default") {
     *out = RopeScaling{};
     return absl::OkStatus();
@@ -253,8 +257,17 @@ absl::Status ReadSizes(const FieldReader& fields, ModelConfig* config) {
   }
   config->num_kv_heads = config->num_heads;
   KVFOLD_RETURN_IF_ERROR(fields.Int("num_key_value_heads", &config->num_kv_heads));
-  if (config->num_heads > 0) config->head_dim = config->hidden_size / config->num_heads;
-  KVFOLD_RETURN_IF_ERROR(fields.Int("head_dim", &config->head_dim));
+  if (fields.Has("head_dim")) {
+    KVFOLD_RETURN_IF_ERROR(fields.Int("head_dim", &config->head_dim));
+  } else if (config->num_heads > 0) {
+    if (config->hidden_size % config->num_heads != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(fields.source(), ": hidden_size (", config->hidden_size,
+                       ") is not a multiple of num_attention_heads (", config->num_heads,
+                       ") and no head_dim is given"));
+    }
+    config->head_dim = config->hidden_size / config->num_heads;
+  }
   KVFOLD_RETURN_IF_ERROR(fields.Double("rms_norm_eps", &config->rms_norm_eps));
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -18,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "glog/logging.h"
 #include "nlohmann/json.hpp"
+#include "worker/status_macros.h"
 
 namespace kvfold {
 namespace {
@@ -43,8 +45,12 @@ absl::Status TensorError(absl::StatusCode code, absl::string_view source, absl::
   return absl::Status(code, absl::StrCat("tensor ", Clip(tensor), " in ", source, ": ", message));
 }
 
+// "[2, 3]"; a corrupt file's shape may have millions of dimensions, so at most 8 are shown.
 std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  constexpr size_t kMaxShown = 8;
+  if (shape.size() <= kMaxShown) return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.begin(), shape.begin() + kMaxShown, ", "), ", ... (",
+                      shape.size(), " dimensions)]");
 }
 
 // Dtypes the format defines that kvfold cannot compute with (yet): Unimplemented, not corrupt.
@@ -76,9 +82,9 @@ absl::Status ParseDtype(const Json& value, absl::string_view source, absl::strin
                      absl::StrCat("unknown dtype '", Clip(dtype), "'"));
 }
 
-// A list of non-negative integers, each at most `max`.
+// A list of non-negative integers that fit int64 (larger ones could never describe a file).
 absl::Status ParseUintList(const Json& value, absl::string_view field, absl::string_view source,
-                           absl::string_view name, uint64_t max, std::vector<int64_t>* out) {
+                           absl::string_view name, std::vector<int64_t>* out) {
   auto error = [&](absl::string_view what) {
     return TensorError(absl::StatusCode::kInvalidArgument, source, name,
                        absl::StrCat("'", field, "' ", what));
@@ -90,64 +96,61 @@ absl::Status ParseUintList(const Json& value, absl::string_view field, absl::str
   for (const Json& item : value) {
     // Negative numbers parse as number_integer, not number_unsigned.
     if (!item.is_number_unsigned()) return error("must hold non-negative integers only");
-    uint64_t v = item.get<uint64_t>();
-    if (v > max) return error(absl::StrCat("holds ", v, ", which is too large"));
+    const uint64_t v = item.get<uint64_t>();
+    if (v > uint64_t{std::numeric_limits<int64_t>::max()}) {
+      return error(absl::StrCat("holds ", v, ", which is too large"));
+    }
     out->push_back(static_cast<int64_t>(v));
   }
   return absl::OkStatus();
 }
 
-// One tensor entry of the header; `data_size` bytes follow the header.
+// numel x dtype size, or nullopt if that overflows.
+std::optional<uint64_t> ByteSize(const std::vector<int64_t>& shape, DType dtype) {
+  uint64_t n = DTypeSize(dtype);
+  for (int64_t dim : shape) {
+    if (__builtin_mul_overflow(n, static_cast<uint64_t>(dim), &n)) return std::nullopt;
+  }
+  return n;
+}
+
+// One tensor entry of the header; `data` is the data section after the header.
 absl::Status ParseTensor(const std::string& name, const Json& entry, absl::string_view source,
                          std::string_view data, SafetensorsTensor* out) {
   auto error = [&](absl::string_view what) {
     return TensorError(absl::StatusCode::kInvalidArgument, source, name, what);
   };
-  if (!entry.is_object())
+  if (!entry.is_object()) {
     return error(absl::StrCat("entry must be an object, got ", entry.type_name()));
+  }
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     if (!entry.contains(key)) return error(absl::StrCat("entry has no '", key, "'"));
   }
   out->name = name;
-  if (absl::Status s = ParseDtype(entry["dtype"], source, name, &out->dtype); !s.ok()) return s;
-  // Dimensions beyond int64 could never describe bytes in a file.
-  constexpr uint64_t kMaxDim = std::numeric_limits<int64_t>::max();
-  if (absl::Status s = ParseUintList(entry["shape"], "shape", source, name, kMaxDim, &out->shape);
-      !s.ok()) {
-    return s;
-  }
+  KVFOLD_RETURN_IF_ERROR(ParseDtype(entry["dtype"], source, name, &out->dtype));
   std::vector<int64_t> offsets;
-  if (absl::Status s =
-          ParseUintList(entry["data_offsets"], "data_offsets", source, name, kMaxDim, &offsets);
-      !s.ok()) {
-    return s;
-  }
+  KVFOLD_RETURN_IF_ERROR(ParseUintList(entry["shape"], "shape", source, name, &out->shape));
+  KVFOLD_RETURN_IF_ERROR(
+      ParseUintList(entry["data_offsets"], "data_offsets", source, name, &offsets));
   if (offsets.size() != 2) return error("'data_offsets' must be [begin, end]");
   const uint64_t begin = offsets[0], end = offsets[1];
-  if (begin > end) {
-    return error(absl::StrCat("data_offsets [", begin, ", ", end, "] are reversed"));
-  }
+  const std::string range = absl::StrCat("data_offsets [", begin, ", ", end, "]");
+  if (begin > end) return error(absl::StrCat(range, " are reversed"));
   if (end > data.size()) {
-    return error(absl::StrCat("data_offsets [", begin, ", ", end, "] run past the end of the ",
-                              data.size(), "-byte data section"));
+    return error(
+        absl::StrCat(range, " run past the end of the ", data.size(), "-byte data section"));
   }
-  uint64_t numel = 1;
-  for (int64_t dim : out->shape) {
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dim), &numel)) {
-      return error(absl::StrCat("shape ", ShapeString(out->shape), " overflows"));
-    }
-  }
-  uint64_t nbytes = 0;
-  if (__builtin_mul_overflow(numel, DTypeSize(out->dtype), &nbytes)) {
+  const std::optional<uint64_t> nbytes = ByteSize(out->shape, out->dtype);
+  if (!nbytes.has_value()) {
     return error(absl::StrCat("shape ", ShapeString(out->shape), " overflows"));
   }
-  if (end - begin != nbytes) {
-    return error(absl::StrCat("data_offsets [", begin, ", ", end, "] span ", end - begin,
-                              " bytes but shape ", ShapeString(out->shape), " of ",
-                              Sv(DTypeName(out->dtype)), " needs ", nbytes));
+  if (end - begin != *nbytes) {
+    return error(absl::StrCat(range, " span ", end - begin, " bytes but shape ",
+                              ShapeString(out->shape), " of ", Sv(DTypeName(out->dtype)), " needs ",
+                              *nbytes));
   }
   out->data = data.data() + begin;
-  out->nbytes = nbytes;
+  out->nbytes = *nbytes;
   return absl::OkStatus();
 }
 
@@ -186,12 +189,20 @@ absl::Status CheckNoOverlap(const std::vector<SafetensorsTensor>& tensors,
   return absl::OkStatus();
 }
 
+// A valid header nests 3 deep ({"w": {"shape": [...]}}). Deeper nesting is refused while
+// parsing: 100 MB of '[' would otherwise build 100 million nested arrays (gigabytes).
+constexpr int kMaxHeaderDepth = 8;
+struct HeaderTooDeep {};
+
 // Parses the header JSON. Duplicate top-level keys are rejected: JSON parsers disagree on which
 // one wins, so a file with them means different things to different readers.
 absl::StatusOr<Json> ParseHeaderJson(absl::string_view text, absl::string_view source) {
   std::set<std::string> keys;
   std::string duplicate;
   auto on_event = [&](int depth, Json::parse_event_t event, Json& parsed) {
+    const bool opens =
+        event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start;
+    if (opens && depth > kMaxHeaderDepth) throw HeaderTooDeep{};  // caught below
     if (event == Json::parse_event_t::key && depth == 1 && parsed.is_string()) {
       if (!keys.insert(parsed.get<std::string>()).second && duplicate.empty()) {
         duplicate = parsed.get<std::string>();
@@ -204,6 +215,8 @@ absl::StatusOr<Json> ParseHeaderJson(absl::string_view text, absl::string_view s
     json = Json::parse(text.begin(), text.end(), on_event);
   } catch (const Json::exception& e) {
     return Invalid(source, absl::StrCat("header is not valid JSON: ", Clip(e.what())));
+  } catch (const HeaderTooDeep&) {
+    return Invalid(source, absl::StrCat("header JSON nests deeper than ", kMaxHeaderDepth));
   }
   if (!json.is_object()) {
     return Invalid(source, absl::StrCat("header must be a JSON object, got ", json.type_name()));
@@ -240,14 +253,14 @@ absl::StatusOr<std::vector<SafetensorsTensor>> ParseSafetensors(
   std::vector<SafetensorsTensor> tensors;
   for (const auto& [name, entry] : header->items()) {
     if (name == "__metadata__") {
-      if (absl::Status s = ParseMetadata(entry, Sv(source), metadata); !s.ok()) return s;
+      KVFOLD_RETURN_IF_ERROR(ParseMetadata(entry, Sv(source), metadata));
       continue;
     }
     SafetensorsTensor tensor;
-    if (absl::Status s = ParseTensor(name, entry, Sv(source), data, &tensor); !s.ok()) return s;
+    KVFOLD_RETURN_IF_ERROR(ParseTensor(name, entry, Sv(source), data, &tensor));
     tensors.push_back(std::move(tensor));
   }
-  if (absl::Status s = CheckNoOverlap(tensors, Sv(source)); !s.ok()) return s;
+  KVFOLD_RETURN_IF_ERROR(CheckNoOverlap(tensors, Sv(source)));
   return tensors;
 }
 

@@ -269,6 +269,8 @@ TEST(ModelConfigTest, InconsistentValuesFailValidation) {
       {SmallLlama(R"("num_key_value_heads": 0)"), "num_key_value_heads"},
       {SmallLlama(R"("head_dim": 7)"), "head_dim"},
       {SmallLlama(R"("rms_norm_eps": 0)"), "rms_norm_eps"},
+      {SmallLlama(R"("num_attention_heads": 6, "num_key_value_heads": 3)"), "head_dim"},
+      {SmallLlama(R"("rope_scaling": {"factor": 2.0})"), "rope_type"},
       {SmallLlama(R"("eos_token_id": 100)"), "eos_token_id"},
       {SmallLlama(R"("bos_token_id": -1)"), "bos_token_id"},
       {SmallLlama(R"("rope_scaling": {"type": "linear", "factor": 0})"), "factor"},
