@@ -198,9 +198,9 @@ absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const Kv
     }
   }
   for (int32_t p : b.positions) {
-    if (p < 0 || p >= c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "position %d outside the model's context of %d", p, c.max_position_embeddings));
+    if (p < 0 || p >= c.MaxContext()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("position %d outside the model's context of %d", p, c.MaxContext()));
     }
   }
   for (int64_t slot : a.slot_mapping) {

@@ -1,5 +1,6 @@
 #include "worker/model_config.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -407,6 +408,13 @@ absl::Status ModelConfig::Validate() const {
   }
   for (int id : eos_token_ids) KVFOLD_RETURN_IF_ERROR(token_in_vocab("eos_token_id", id));
   return absl::OkStatus();
+}
+
+int ModelConfig::MaxContext() const {
+  if (sliding_window.has_value() && sliding_window_start_layer < num_layers) {
+    return std::min(max_position_embeddings, *sliding_window);
+  }
+  return max_position_embeddings;
 }
 
 }  // namespace kvfold

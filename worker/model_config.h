@@ -52,6 +52,11 @@ struct ModelConfig {
   // Overrides EOS/BOS from generation_config.json text (where it states them), then validates.
   absl::Status ApplyGenerationConfig(std::string_view generation_config_json,
                                      std::string_view source);
+  // The longest sequence served exactly: max_position_embeddings, or the sliding window when any
+  // layer uses one (within the window, windowed attention equals full attention; windowed
+  // kernels will lift this cap).
+  int MaxContext() const;
+
   // Checks that the fields are consistent (positive sizes, heads divide, ...).
   absl::Status Validate() const;
 };

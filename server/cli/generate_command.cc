@@ -60,12 +60,11 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   if (!ids.ok()) return ids.status();
   if (ids->empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   const int32_t prompt_len = static_cast<int32_t>(ids->size());
-  if (prompt_len >= config.max_position_embeddings) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("the prompt has %d tokens; the model's context is %d", prompt_len,
-                        config.max_position_embeddings));
+  if (prompt_len >= config.MaxContext()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the prompt has %d tokens; the model's context is %d", prompt_len, config.MaxContext()));
   }
-  const int32_t capacity = std::min(config.max_position_embeddings, prompt_len + max_tokens);
+  const int32_t capacity = std::min(config.MaxContext(), prompt_len + max_tokens);
   SequenceRunner runner(*l.model, *l.ops, capacity);
   IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
   std::cout << prompt << std::flush;

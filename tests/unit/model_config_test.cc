@@ -90,6 +90,7 @@ TEST(ModelConfigTest, Stories260KFromTheRepository) {
   EXPECT_EQ(config->bos_token_id, 1);
   EXPECT_THAT(config->eos_token_ids, ElementsAre(2));
   EXPECT_FALSE(config->sliding_window.has_value());
+  EXPECT_EQ(config->MaxContext(), config->max_position_embeddings);
 }
 
 TEST(ModelConfigTest, Qwen2BiasesAndTiedEmbeddings) {
@@ -124,6 +125,7 @@ TEST(ModelConfigTest, MistralSlidingWindowAndDefaultHeadDim) {
   EXPECT_EQ(config->architecture, "MistralForCausalLM");
   EXPECT_EQ(config->sliding_window, 4096);
   EXPECT_EQ(config->sliding_window_start_layer, 0);
+  EXPECT_EQ(config->MaxContext(), 4096);  // served exactly up to the window
   EXPECT_EQ(config->head_dim, 128);
   EXPECT_FALSE(config->qkv_bias);
   EXPECT_FALSE(config->tie_word_embeddings);
