@@ -13,21 +13,22 @@
 #include "kernels/ops.h"
 #include "worker/model_config.h"
 #include "worker/safetensors.h"
+#include "worker/weight_source.h"
 
 namespace kvfold {
 
-class Checkpoint {
+class Checkpoint final : public WeightSource {
  public:
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
 
-  const std::string& dir() const { return dir_; }
-  const ModelConfig& config() const { return config_; }
+  const std::string& location() const override { return dir_; }
+  const ModelConfig& config() const override { return config_; }
 
   // The tensor `name` as a 2-D view (1-D tensors become [1, n]); an error naming the tensor and
   // its file if it is missing (NotFound), not 1-D or 2-D, or its shape is not `rows` x `cols`
   // (InvalidArgument). The view is aligned for its dtype and read-only: never write through it.
-  absl::StatusOr<TensorView> Get(std::string_view name, int64_t rows, int64_t cols) const;
-  bool Has(std::string_view name) const;
+  absl::StatusOr<TensorView> Get(std::string_view name, int64_t rows, int64_t cols) const override;
+  bool Has(std::string_view name) const override;
 
  private:
   struct Entry {

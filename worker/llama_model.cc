@@ -33,15 +33,15 @@ std::string LayerName(int i, std::string_view leaf) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(std::unique_ptr<Checkpoint> checkpoint, Ops& ops)
-    : checkpoint_(std::move(checkpoint)), ops_(ops), ws_(std::make_unique<Workspace>()) {}
+LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops)
+    : weights_(std::move(weights)), ops_(ops), ws_(std::make_unique<Workspace>()) {}
 
 LlamaModel::~LlamaModel() = default;
 
-absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<Checkpoint> checkpoint,
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<WeightSource> weights,
                                                              Ops& ops) {
-  if (checkpoint == nullptr) return absl::InvalidArgumentError("no checkpoint");
-  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(checkpoint), ops));
+  if (weights == nullptr) return absl::InvalidArgumentError("no weights");
+  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops));
   if (absl::Status s = model->LoadWeights(); !s.ok()) return s;
   return model;
 }
@@ -52,7 +52,7 @@ namespace {
 // elsewhere. Norms and biases are small and always converted to F32.
 class WeightPlacer {
  public:
-  WeightPlacer(const Checkpoint& ckpt, Ops& ops, std::vector<Tensor>& owned)
+  WeightPlacer(const WeightSource& ckpt, Ops& ops, std::vector<Tensor>& owned)
       : ckpt_(ckpt), ops_(ops), owned_(owned) {}
 
   absl::StatusOr<TensorView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
@@ -94,7 +94,7 @@ class WeightPlacer {
   }
 
  private:
-  const Checkpoint& ckpt_;
+  const WeightSource& ckpt_;
   Ops& ops_;
   std::vector<Tensor>& owned_;
 };
@@ -103,19 +103,19 @@ class WeightPlacer {
 
 absl::Status LlamaModel::LoadWeights() {
   const ModelConfig& c = config();
-  WeightPlacer w(*checkpoint_, ops_, owned_weights_);
+  WeightPlacer w(*weights_, ops_, owned_weights_);
   const int64_t d = c.hidden_size, ffn = c.intermediate_size;
   const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
   const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
 
   KVFOLD_ASSIGN_OR_RETURN(embedding_, w.Matrix("model.embed_tokens.weight", c.vocab_size, d));
-  if (checkpoint_->Has("lm_head.weight")) {
+  if (weights_->Has("lm_head.weight")) {
     KVFOLD_ASSIGN_OR_RETURN(lm_head_, w.Matrix("lm_head.weight", c.vocab_size, d));
   } else if (c.tie_word_embeddings) {
     lm_head_ = embedding_;
   } else {
     return absl::NotFoundError(
-        absl::StrCat(checkpoint_->dir(), ": no lm_head.weight and embeddings are not tied"));
+        absl::StrCat(weights_->location(), ": no lm_head.weight and embeddings are not tied"));
   }
   KVFOLD_ASSIGN_OR_RETURN(final_norm_, w.Vector("model.norm.weight", d));
 

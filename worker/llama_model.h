@@ -7,9 +7,9 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/ops.h"
-#include "worker/checkpoint.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
+#include "worker/weight_source.h"
 
 namespace kvfold {
 
@@ -24,12 +24,12 @@ struct ForwardBatch {
 
 class LlamaModel {
  public:
-  // Takes the checkpoint: on CPU the weights stay views into its memory mapping.
-  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(std::unique_ptr<Checkpoint> checkpoint,
+  // Takes the weight source: on CPU the weights stay views into its memory (mapping).
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(std::unique_ptr<WeightSource> weights,
                                                           Ops& ops);
   ~LlamaModel();
 
-  const ModelConfig& config() const { return checkpoint_->config(); }
+  const ModelConfig& config() const { return weights_->config(); }
 
   // Runs the batch, writing K/V into `cache`; `logits` is [logits_rows.size(), vocab_size] F32
   // on the host.
@@ -38,12 +38,12 @@ class LlamaModel {
  private:
   struct Layer;
   struct Workspace;
-  LlamaModel(std::unique_ptr<Checkpoint> checkpoint, Ops& ops);
+  LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops);
   absl::Status LoadWeights();
   void EnsureWorkspace(int64_t num_tokens, int64_t num_logits);
   void ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache);
 
-  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<WeightSource> weights_;
   Ops& ops_;
   std::vector<Tensor> owned_weights_;  // device copies; empty on CPU
   std::vector<Layer> layers_;
