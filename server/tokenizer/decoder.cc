@@ -135,17 +135,7 @@ class SequenceDecoder : public Decoder {
 };
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeSequence(const Json& config) {
-  const Json* list = FindMember(config, "decoders");
-  if (list == nullptr || !list->is_array()) {
-    return absl::InvalidArgumentError("decoder Sequence: \"decoders\" must be an array");
-  }
-  std::vector<std::unique_ptr<Decoder>> steps;
-  for (const Json& item : *list) {
-    absl::StatusOr<std::unique_ptr<Decoder>> step = MakeDecoder(item);
-    if (!step.ok()) return step.status();
-    steps.push_back(*std::move(step));
-  }
-  return std::make_unique<SequenceDecoder>(std::move(steps));
+  return MakeSequenceOf<SequenceDecoder>(config, "decoder", "decoders", &MakeDecoder);
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeReplace(const Json& config) {
@@ -158,11 +148,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeReplace(const Json& config) {
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeStrip(const Json& config) {
   constexpr std::string_view kWhere = "decoder Strip";
-  absl::StatusOr<std::string> content = GetString(config, "content", kWhere);
+  absl::StatusOr<std::string> content = GetSingleCharacter(config, "content", kWhere);
   if (!content.ok()) return content.status();
-  if (!IsSingleCharacter(*content)) {
-    return absl::InvalidArgumentError("decoder Strip: content must be one character");
-  }
   absl::StatusOr<int64_t> start = GetInt(config, "start", 0, 0, 1 << 20, kWhere);
   if (!start.ok()) return start.status();
   absl::StatusOr<int64_t> stop = GetInt(config, "stop", 0, 0, 1 << 20, kWhere);
@@ -172,11 +159,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeStrip(const Json& config) {
 
 absl::StatusOr<std::unique_ptr<Decoder>> MakeMetaspace(const Json& config) {
   constexpr std::string_view kWhere = "decoder Metaspace";
-  absl::StatusOr<std::string> replacement = GetString(config, "replacement", kWhere);
+  absl::StatusOr<std::string> replacement = GetSingleCharacter(config, "replacement", kWhere);
   if (!replacement.ok()) return replacement.status();
-  if (!IsSingleCharacter(*replacement)) {
-    return absl::InvalidArgumentError("decoder Metaspace: replacement must be one character");
-  }
   absl::StatusOr<PrependScheme> scheme = ReadPrependScheme(config, kWhere);
   if (!scheme.ok()) return scheme.status();
   return std::make_unique<MetaspaceDecoder>(*std::move(replacement), *scheme);

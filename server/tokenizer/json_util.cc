@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "server/tokenizer/utf8.h"
 
 namespace kvfold::tokenizer_impl {
 
@@ -40,6 +41,16 @@ absl::StatusOr<std::optional<std::string>> GetOptionalString(const Json& object,
   absl::StatusOr<std::string> value = GetString(object, key, where);
   if (!value.ok()) return value.status();
   return std::optional<std::string>(*std::move(value));
+}
+
+absl::StatusOr<std::string> GetSingleCharacter(const Json& object, std::string_view key,
+                                               std::string_view where) {
+  absl::StatusOr<std::string> value = GetString(object, key, where);
+  if (!value.ok()) return value.status();
+  if (!IsSingleCharacter(*value)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s must be one character", where, key));
+  }
+  return value;
 }
 
 absl::StatusOr<bool> GetBool(const Json& object, std::string_view key, bool default_value,

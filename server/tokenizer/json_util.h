@@ -3,11 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 
 namespace kvfold::tokenizer_impl {
@@ -28,6 +32,10 @@ absl::StatusOr<std::string> GetString(const Json& object, std::string_view key,
 absl::StatusOr<std::optional<std::string>> GetOptionalString(const Json& object,
                                                              std::string_view key,
                                                              std::string_view where);
+// Required string member that must be exactly one UTF-8 character (a Metaspace replacement, a
+// Strip content).
+absl::StatusOr<std::string> GetSingleCharacter(const Json& object, std::string_view key,
+                                               std::string_view where);
 // Boolean member, `default_value` when absent or null.
 absl::StatusOr<bool> GetBool(const Json& object, std::string_view key, bool default_value,
                              std::string_view where);
@@ -42,5 +50,26 @@ absl::StatusOr<int64_t> AsInt(const Json& value, int64_t min_value, int64_t max_
 
 // The "type" member of a pipeline component, e.g. "Metaspace".
 absl::StatusOr<std::string> ComponentType(const Json& component, std::string_view where);
+
+// A pipeline stage's "Sequence" component: each item of the array member `key`, in order, built by
+// the stage's factory `make`, the steps wrapped in `SequenceT`. `stage` names the stage in errors
+// ("normalizer").
+template <typename SequenceT, typename Stage>
+absl::StatusOr<std::unique_ptr<Stage>> MakeSequenceOf(
+    const Json& config, std::string_view stage, std::string_view key,
+    absl::StatusOr<std::unique_ptr<Stage>> (*make)(const Json&)) {
+  const Json* list = FindMember(config, key);
+  if (list == nullptr || !list->is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s Sequence: \"%s\" must be an array", stage, key));
+  }
+  std::vector<std::unique_ptr<Stage>> steps;
+  for (const Json& item : *list) {
+    absl::StatusOr<std::unique_ptr<Stage>> step = make(item);
+    if (!step.ok()) return step.status();
+    steps.push_back(*std::move(step));
+  }
+  return std::make_unique<SequenceT>(std::move(steps));
+}
 
 }  // namespace kvfold::tokenizer_impl

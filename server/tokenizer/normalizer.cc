@@ -48,17 +48,7 @@ class SequenceNormalizer : public Normalizer {
 };
 
 absl::StatusOr<std::unique_ptr<Normalizer>> MakeSequence(const Json& config) {
-  const Json* list = FindMember(config, "normalizers");
-  if (list == nullptr || !list->is_array()) {
-    return absl::InvalidArgumentError("normalizer Sequence: \"normalizers\" must be an array");
-  }
-  std::vector<std::unique_ptr<Normalizer>> steps;
-  for (const Json& item : *list) {
-    absl::StatusOr<std::unique_ptr<Normalizer>> step = MakeNormalizer(item);
-    if (!step.ok()) return step.status();
-    steps.push_back(*std::move(step));
-  }
-  return std::make_unique<SequenceNormalizer>(std::move(steps));
+  return MakeSequenceOf<SequenceNormalizer>(config, "normalizer", "normalizers", &MakeNormalizer);
 }
 
 }  // namespace

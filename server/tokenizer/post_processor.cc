@@ -102,17 +102,8 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakeTemplate(const Json& config) 
 }
 
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakeSequence(const Json& config) {
-  const Json* list = FindMember(config, "processors");
-  if (list == nullptr || !list->is_array()) {
-    return absl::InvalidArgumentError("post_processor Sequence: \"processors\" must be an array");
-  }
-  std::vector<std::unique_ptr<PostProcessor>> steps;
-  for (const Json& item : *list) {
-    absl::StatusOr<std::unique_ptr<PostProcessor>> step = MakePostProcessor(item);
-    if (!step.ok()) return step.status();
-    steps.push_back(*std::move(step));
-  }
-  return std::make_unique<SequenceProcessor>(std::move(steps));
+  return MakeSequenceOf<SequenceProcessor>(config, "post_processor", "processors",
+                                           &MakePostProcessor);
 }
 
 }  // namespace

@@ -6,7 +6,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
-#include "server/tokenizer/utf8.h"
 
 namespace kvfold::tokenizer_impl {
 namespace {
@@ -68,11 +67,8 @@ class SequencePreTokenizer : public PreTokenizer {
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> MakeMetaspace(const Json& config) {
   constexpr std::string_view kWhere = "pre_tokenizer Metaspace";
-  absl::StatusOr<std::string> replacement = GetString(config, "replacement", kWhere);
+  absl::StatusOr<std::string> replacement = GetSingleCharacter(config, "replacement", kWhere);
   if (!replacement.ok()) return replacement.status();
-  if (!IsSingleCharacter(*replacement)) {
-    return absl::InvalidArgumentError("pre_tokenizer Metaspace: replacement must be one character");
-  }
   absl::StatusOr<PrependScheme> scheme = ReadPrependScheme(config, kWhere);
   if (!scheme.ok()) return scheme.status();
   absl::StatusOr<bool> split = GetBool(config, "split", true, kWhere);
@@ -81,17 +77,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakeMetaspace(const Json& config) 
 }
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> MakeSequence(const Json& config) {
-  const Json* list = FindMember(config, "pretokenizers");
-  if (list == nullptr || !list->is_array()) {
-    return absl::InvalidArgumentError("pre_tokenizer Sequence: \"pretokenizers\" must be an array");
-  }
-  std::vector<std::unique_ptr<PreTokenizer>> steps;
-  for (const Json& item : *list) {
-    absl::StatusOr<std::unique_ptr<PreTokenizer>> step = MakePreTokenizer(item);
-    if (!step.ok()) return step.status();
-    steps.push_back(*std::move(step));
-  }
-  return std::make_unique<SequencePreTokenizer>(std::move(steps));
+  return MakeSequenceOf<SequencePreTokenizer>(config, "pre_tokenizer", "pretokenizers",
+                                              &MakePreTokenizer);
 }
 
 }  // namespace

@@ -14,9 +14,9 @@ namespace kvfold {
 namespace {
 
 using ::kvfold::testing::AllTokenizersUnderTest;
-using ::kvfold::testing::Expectations;
 using ::kvfold::testing::SourcePath;
 using ::kvfold::testing::TokenizerUnderTest;
+using ::kvfold::testing::TokenizerUnderTestFixture;
 
 // Streams `ids` after `prefix`; returns the pieces, checking each is valid UTF-8.
 std::vector<std::string> Stream(const Tokenizer& tokenizer, const std::vector<int32_t>& prefix,
@@ -44,21 +44,8 @@ std::string Concat(const std::vector<std::string>& pieces) {
   return text;
 }
 
-class IncrementalDetokenizerTest : public ::testing::TestWithParam<TokenizerUnderTest> {
+class IncrementalDetokenizerTest : public TokenizerUnderTestFixture {
  protected:
-  void SetUp() override {
-    const TokenizerUnderTest& under_test = GetParam();
-    std::string path = SourcePath(under_test.path);
-    if (under_test.shared) {
-      KVFOLD_REQUIRE_SHARED(shared_path, under_test.path);
-      path = shared_path;
-    }
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = *std::move(tokenizer);
-    expectations_ = testing::LoadExpectations(under_test.name);
-  }
-
   void ExpectStreamsLikeDecode(const std::vector<int32_t>& ids) {
     for (const bool skip : {false, true}) {
       const std::string full = tokenizer_->Decode(ids, skip).value();
@@ -66,9 +53,6 @@ class IncrementalDetokenizerTest : public ::testing::TestWithParam<TokenizerUnde
           << ::testing::PrintToString(ids) << " skip=" << skip;
     }
   }
-
-  std::unique_ptr<Tokenizer> tokenizer_;
-  Expectations expectations_;
 };
 
 TEST_P(IncrementalDetokenizerTest, ConcatenationEqualsDecodeForCorpus) {

@@ -4,14 +4,17 @@
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/tokenizer/tokenizer.h"
 #include "tests/testing/paths.h"
 
 namespace kvfold::testing {
@@ -98,6 +101,27 @@ inline Expectations LoadExpectations(const std::string& name) {
   }
   return result;
 }
+
+// A fixture over AllTokenizersUnderTest(): SetUp loads the parameter's tokenizer and its
+// expectations, skipping the test when a shared tokenizer is absent.
+class TokenizerUnderTestFixture : public ::testing::TestWithParam<TokenizerUnderTest> {
+ protected:
+  void SetUp() override {
+    const TokenizerUnderTest& under_test = GetParam();
+    std::string path = SourcePath(under_test.path);
+    if (under_test.shared) {
+      KVFOLD_REQUIRE_SHARED(shared_path, under_test.path);
+      path = shared_path;
+    }
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = *std::move(tokenizer);
+    expectations_ = LoadExpectations(under_test.name);
+  }
+
+  std::unique_ptr<Tokenizer> tokenizer_;
+  Expectations expectations_;
+};
 
 // A printable form of a test string for failure messages (JSON-escaped).
 inline std::string Quoted(const std::string& text) {

@@ -15,24 +15,16 @@ namespace kvfold {
 namespace {
 
 using ::kvfold::testing::AllTokenizersUnderTest;
-using ::kvfold::testing::Expectations;
 using ::kvfold::testing::Quoted;
 using ::kvfold::testing::SourcePath;
 using ::kvfold::testing::TokenizerUnderTest;
+using ::kvfold::testing::TokenizerUnderTestFixture;
 
-class TokenizerExactnessTest : public ::testing::TestWithParam<TokenizerUnderTest> {
+class TokenizerExactnessTest : public TokenizerUnderTestFixture {
  protected:
   void SetUp() override {
-    const TokenizerUnderTest& under_test = GetParam();
-    std::string path = SourcePath(under_test.path);
-    if (under_test.shared) {
-      KVFOLD_REQUIRE_SHARED(shared_path, under_test.path);
-      path = shared_path;
-    }
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = *std::move(tokenizer);
-    expectations_ = testing::LoadExpectations(under_test.name);
+    TokenizerUnderTestFixture::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     RecordProperty("tokenizers_version", expectations_.tokenizers_version);
   }
 
@@ -41,9 +33,6 @@ class TokenizerExactnessTest : public ::testing::TestWithParam<TokenizerUnderTes
     EXPECT_TRUE(text.ok()) << text.status();
     return text.value_or("");
   }
-
-  std::unique_ptr<Tokenizer> tokenizer_;
-  Expectations expectations_;
 };
 
 TEST_P(TokenizerExactnessTest, VocabSizeMatches) {
