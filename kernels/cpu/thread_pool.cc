@@ -5,6 +5,9 @@
 namespace kvfold {
 namespace {
 
+// Chunks per thread: enough to even out uneven items, few enough that claiming stays cheap.
+constexpr int kChunksPerThread = 4;
+
 // Chunk `index` of `parts` near-equal contiguous chunks of [0, n).
 std::pair<int64_t, int64_t> Chunk(int64_t n, int parts, int index) {
   const int64_t base = n / parts, extra = n % parts;
@@ -16,7 +19,7 @@ std::pair<int64_t, int64_t> Chunk(int64_t n, int parts, int index) {
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = std::max(1u, std::thread::hardware_concurrency());
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -30,8 +33,7 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  const int parts = static_cast<int>(std::min<int64_t>(num_threads(), n));
-  if (parts == 1) {
+  if (num_threads() == 1 || n == 1) {
     fn(0, n);
     return;
   }
@@ -39,32 +41,35 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     job_size_ = n;
+    job_chunks_ = static_cast<int>(std::min<int64_t>(n, num_threads() * kChunksPerThread));
+    next_chunk_.store(0, std::memory_order_relaxed);
     pending_ = num_threads() - 1;
     ++generation_;
   }
   start_cv_.notify_all();
-  auto [begin, end] = Chunk(n, num_threads(), 0);
-  if (begin < end) fn(begin, end);
+  RunChunks();
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [this] { return pending_ == 0; });
   job_ = nullptr;
 }
 
-void ThreadPool::WorkerLoop(int index) {
+void ThreadPool::RunChunks() {
+  for (int c = next_chunk_.fetch_add(1); c < job_chunks_; c = next_chunk_.fetch_add(1)) {
+    auto [begin, end] = Chunk(job_size_, job_chunks_, c);
+    (*job_)(begin, end);
+  }
+}
+
+void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t n;
     {
       std::unique_lock<std::mutex> lock(mu_);
       start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
       if (stop_) return;
       seen = generation_;
-      job = job_;
-      n = job_size_;
     }
-    auto [begin, end] = Chunk(n, num_threads(), index);
-    if (begin < end) (*job)(begin, end);
+    RunChunks();  // job_, job_size_ and job_chunks_ stay fixed until every worker reports
     std::lock_guard<std::mutex> lock(mu_);
     if (--pending_ == 0) done_cv_.notify_one();
   }
