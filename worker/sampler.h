@@ -6,13 +6,9 @@
 #include <cstdint>
 
 #include "absl/types/span.h"
+#include "scheduler/request.h"
 
 namespace kvfold {
-
-struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy
-  uint64_t seed = 0;
-};
 
 // A uniform float in [0, 1) from (seed, counter): SplitMix64 over their combination.
 float CounterUniform(uint64_t seed, uint64_t counter);
