@@ -25,7 +25,9 @@ inline constexpr BlockId kNoBlock = -1;
 // The blocks one sequence holds, in order, and how many of them are registered in the cache.
 struct BlockTable {
   std::vector<BlockId> blocks;
-  std::vector<BlockKey> keys;  // keys of blocks[0, keys.size()), all full and cached
+  // Keys of blocks[0, keys.size()): full of computed tokens and registered in the cache (or
+  // duplicating a block registered first under the same key, which stays private).
+  std::vector<BlockKey> keys;
 };
 
 class BlockManager {
@@ -72,9 +74,15 @@ class BlockManager {
   struct Block {
     int32_t ref_count = 0;
     std::optional<BlockKey> key;
-    std::vector<int32_t> tokens;  // a cached block's tokens, to confirm a key match exactly
+    std::optional<BlockKey> parent_key;  // with `tokens`, confirms a key match exactly
+    std::vector<int32_t> tokens;         // a cached block's tokens
     BlockId prev_free = kNoBlock, next_free = kNoBlock;  // intrusive LRU free list
   };
+
+  // Free-list primitives. PopFreeHead evicts the block's key and returns it with ref count 1.
+  BlockId PopFreeHead();
+  void PushFreeTail(BlockId id);
+  void Unlink(BlockId id);
 
   int32_t block_size_;
   uint64_t cache_salt_;

@@ -43,6 +43,7 @@ struct Usage {
 struct RequestOutput {
   RequestId id = 0;
   std::vector<int32_t> token_ids;  // tokens produced since the previous delta
+  std::vector<float> logprobs;     // one per token_ids entry, from SampledToken::logprob
   std::optional<FinishReason> finish_reason;
   std::string error;  // set when finish_reason is kError
   Usage usage;        // final counts, on the last delta

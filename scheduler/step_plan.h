@@ -39,6 +39,7 @@ struct StepPlan {
 struct SampledToken {
   RequestId request_id = 0;
   int32_t token_id = 0;
+  float logprob = 0.0f;  // log-probability of token_id under the model's distribution
 };
 
 // One SampledToken per chunk with `sample` set, in chunk order.
