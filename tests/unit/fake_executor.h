@@ -15,6 +15,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "scheduler/scheduler.h"
 #include "scheduler/step_plan.h"
 
 namespace kvfold::testing {
@@ -114,5 +116,34 @@ class FakeExecutor : public Executor {
   int32_t num_failures_left_ = 0;
   int64_t num_steps_ = 0;
 };
+
+// The tokens `request` produces alone on a pool of `num_blocks`, scheduled in as few steps as the
+// pool allows; `forced` as in FakeExecutor::ForceToken, as (id, output index, token).
+struct ForcedToken {
+  RequestId id;
+  int32_t output_index;
+  int32_t token;
+};
+inline std::vector<int32_t> RunAlone(SchedulerConfig config, int32_t num_blocks, int32_t block_size,
+                                     const Request& request,
+                                     const std::vector<ForcedToken>& forced = {}) {
+  BlockManager blocks(num_blocks, block_size);
+  config.max_num_batched_tokens = 1 << 20;
+  Scheduler scheduler(config, blocks);
+  FakeExecutor executor(num_blocks, block_size);
+  for (const ForcedToken& f : forced) executor.ForceToken(f.id, f.output_index, f.token);
+  EXPECT_TRUE(scheduler.Add(request).ok());
+  std::vector<int32_t> tokens;
+  while (scheduler.HasWork()) {
+    const StepPlan plan = scheduler.Schedule();
+    absl::StatusOr<StepResult> result = executor.Execute(plan);
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) break;
+    for (const RequestOutput& out : scheduler.Update(plan, *result)) {
+      tokens.insert(tokens.end(), out.token_ids.begin(), out.token_ids.end());
+    }
+  }
+  return tokens;
+}
 
 }  // namespace kvfold::testing

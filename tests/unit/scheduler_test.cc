@@ -25,6 +25,7 @@ namespace kvfold {
 namespace {
 
 using ::kvfold::testing::FakeExecutor;
+using ::kvfold::testing::ForcedToken;
 using ::testing::ElementsAre;
 
 constexpr int32_t kBlockSize = 4;
@@ -74,21 +75,16 @@ std::string Render(const StepPlan& plan) {
   });
 }
 
-struct Forced {
-  RequestId id;
-  int32_t output_index;
-  int32_t token;
-};
-
 class SchedulerSim {
  public:
-  SchedulerSim(const SchedulerConfig& config, int32_t num_blocks, std::vector<Forced> forced = {})
+  SchedulerSim(const SchedulerConfig& config, int32_t num_blocks,
+               std::vector<ForcedToken> forced = {})
       : config_(config),
         blocks_(num_blocks, kBlockSize),
         scheduler_(config, blocks_),
         executor_(num_blocks, kBlockSize),
         forced_(std::move(forced)) {
-    for (const Forced& f : forced_) executor_.ForceToken(f.id, f.output_index, f.token);
+    for (const ForcedToken& f : forced_) executor_.ForceToken(f.id, f.output_index, f.token);
   }
 
   void Run(const std::vector<Step>& steps) {
@@ -181,31 +177,15 @@ class SchedulerSim {
     }
   }
 
-  // The request run alone on a pool of the same size, all of it in one step.
   std::vector<int32_t> Solo(const Request& request) const {
-    const int32_t num_blocks = blocks_.num_blocks();
-    BlockManager blocks(num_blocks, kBlockSize);
-    SchedulerConfig config = config_;
-    config.max_num_batched_tokens = 1 << 20;
-    Scheduler scheduler(config, blocks);
-    FakeExecutor executor(num_blocks, kBlockSize);
-    for (const Forced& f : forced_) executor.ForceToken(f.id, f.output_index, f.token);
-    EXPECT_TRUE(scheduler.Add(request).ok());
-    std::vector<int32_t> tokens;
-    while (scheduler.HasWork()) {
-      const StepPlan plan = scheduler.Schedule();
-      for (const RequestOutput& out : scheduler.Update(plan, *executor.Execute(plan))) {
-        tokens.insert(tokens.end(), out.token_ids.begin(), out.token_ids.end());
-      }
-    }
-    return tokens;
+    return ::kvfold::testing::RunAlone(config_, blocks_.num_blocks(), kBlockSize, request, forced_);
   }
 
   const SchedulerConfig config_;
   BlockManager blocks_;
   Scheduler scheduler_;
   FakeExecutor executor_;
-  std::vector<Forced> forced_;
+  std::vector<ForcedToken> forced_;
   std::map<RequestId, Request> requests_;
   std::map<RequestId, Collected> outputs_;
   StepPlan last_plan_;
