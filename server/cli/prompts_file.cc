@@ -64,7 +64,7 @@ absl::StatusOr<PromptLine> ParsePromptLine(std::string_view line) {
 }
 
 std::string FormatLineResult(const LineResult& r) {
-  json j;
+  nlohmann::ordered_json j;  // fields in the order written here, "line" first
   j["line"] = r.line;
   if (!r.error.empty()) {
     j["error"] = {{"message", r.error}, {"type", r.error_type}};
@@ -78,7 +78,7 @@ std::string FormatLineResult(const LineResult& r) {
     j["ttft_ms"] = std::round(r.ttft_ms * 1000) / 1000;
     j["latency_ms"] = std::round(r.latency_ms * 1000) / 1000;
   }
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 }  // namespace kvfold::cli
