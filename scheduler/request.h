@@ -16,6 +16,7 @@ using RequestId = uint64_t;
 struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy
   uint64_t seed = 0;
+  bool logprobs = false;  // return each sampled token's log-probability (RequestOutput::logprobs)
 };
 
 struct Request {
@@ -43,7 +44,7 @@ struct Usage {
 struct RequestOutput {
   RequestId id = 0;
   std::vector<int32_t> token_ids;  // tokens produced since the previous delta
-  std::vector<float> logprobs;     // one per token_ids entry, from SampledToken::logprob
+  std::vector<float> logprobs;     // one per token_ids entry when sampling.logprobs is set
   std::optional<FinishReason> finish_reason;
   std::string error;  // set when finish_reason is kError
   Usage usage;        // final counts, on the last delta

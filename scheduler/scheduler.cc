@@ -147,6 +147,8 @@ void Scheduler::InsertRunning(Sequence* seq) {
 
 StepPlan Scheduler::Schedule() {
   StepPlan plan;
+  plan.chunks.reserve(
+      std::min<size_t>(state_->running.size() + state_->waiting.size(), config_.max_num_seqs));
   int32_t budget = config_.max_num_batched_tokens;
   // After a preemption the pool is tight: admitting now would only preempt again next step.
   if (!ScheduleRunning(plan, budget)) AdmitWaiting(plan, budget);
@@ -256,6 +258,7 @@ RequestOutput FinalOutput(RequestId id, FinishReason reason, Usage usage) {
 
 std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepResult& result) {
   std::vector<RequestOutput> outputs;
+  outputs.reserve(state_->aborted.size() + result.sampled.size());
   for (Sequence* seq : state_->aborted) {
     outputs.push_back(
         FinalOutput(seq->request.id, FinishReason::kAbort,
@@ -286,7 +289,7 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
     RequestOutput& out = outputs.emplace_back();
     out.id = seq.request.id;
     out.token_ids.push_back(sampled->token_id);
-    out.logprobs.push_back(sampled->logprob);
+    if (seq.request.sampling.logprobs) out.logprobs.push_back(sampled->logprob);
     if (finish.has_value()) {
       out.finish_reason = finish;
       out.usage = UsageOf(seq.num_prompt_tokens, seq.num_outputs(), seq.num_cached_tokens);

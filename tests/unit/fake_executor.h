@@ -24,6 +24,7 @@ namespace kvfold::testing {
 class FakeExecutor : public Executor {
  public:
   static constexpr int32_t kUnwritten = -1;
+  static constexpr float kLogprob = -0.5f;  // every sampled token's
 
   FakeExecutor(int32_t num_blocks, int32_t block_size)
       : block_size_(block_size), kv_(static_cast<size_t>(num_blocks) * block_size, kUnwritten) {}
@@ -47,7 +48,7 @@ class FakeExecutor : public Executor {
       if (!token.ok()) return token.status();
       if (chunk.sample) {
         result.sampled.push_back(
-            SampledToken{.request_id = chunk.request_id, .token_id = *token, .logprob = -0.5f});
+            SampledToken{.request_id = chunk.request_id, .token_id = *token, .logprob = kLogprob});
       }
     }
     return result;

@@ -168,7 +168,9 @@ class SchedulerSim {
   void Collect(const RequestOutput& out) {
     Collected& got = outputs_[out.id];
     EXPECT_FALSE(got.finish.has_value()) << "request " << out.id << " output after its end";
-    EXPECT_EQ(out.logprobs.size(), out.token_ids.size());
+    const bool wants_logprobs = requests_.at(out.id).sampling.logprobs;
+    EXPECT_EQ(out.logprobs.size(), wants_logprobs ? out.token_ids.size() : 0);
+    for (float logprob : out.logprobs) EXPECT_EQ(logprob, FakeExecutor::kLogprob);
     got.tokens.insert(got.tokens.end(), out.token_ids.begin(), out.token_ids.end());
     got.finish = out.finish_reason;
     if (out.finish_reason) {
@@ -362,6 +364,7 @@ TEST(SchedulerTest, StopConditions) {
                    {{1, 1, kEos}, {2, 1, kEos}, {3, 0, 777}});
   Request ignores_eos = Req(2, 4, 3);
   ignores_eos.ignore_eos = true;
+  ignores_eos.sampling.logprobs = true;
   Request stop_id = Req(3, 4, 5);
   stop_id.stop_token_ids = {777};
   sim.Run({
