@@ -109,7 +109,10 @@ absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   for (const ScheduledChunk& c : plan.chunks) {
     if (!c.sample) continue;
     const absl::Span<const float> logits(logits_.data() + row * vocab, vocab);
-    result.sampled.push_back({c.request_id, Sample(logits, c.sampling, c.output_index)});
+    SampledToken& t = result.sampled.emplace_back();
+    t.request_id = c.request_id;
+    t.token_id = Sample(logits, c.sampling, c.output_index);
+    if (c.sampling.logprobs) t.logprob = LogProbability(logits, t.token_id);
     ++row;
   }
   return result;

@@ -1,6 +1,6 @@
 // The worker side of the engine contract: runs a StepPlan on a LlamaModel over a paged KvCache and
-// samples one token per sampling chunk. Single process, single rank for now; tensor parallelism
-// wraps this later (rank 0 broadcasts the plan).
+// samples one token per sampling chunk (with its log-probability when the request asks). Single
+// process, single rank for now; tensor parallelism wraps this later (rank 0 broadcasts the plan).
 #pragma once
 
 #include <cstdint>

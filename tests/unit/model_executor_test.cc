@@ -114,6 +114,14 @@ TEST_P(ModelExecutorTest, BatchedChunksMatchEachSequenceAlone) {
       EXPECT_TRUE(got == *ref) << "sequence " << s << " logits differ at length " << q.computed;
       EXPECT_EQ(result->sampled[row].request_id, q.id);
       EXPECT_EQ(result->sampled[row].token_id, Sample(*ref, q.sampling, q.num_outputs));
+      const float logprob = result->sampled[row].logprob;
+      if (q.sampling.logprobs) {
+        EXPECT_EQ(logprob, LogProbability(*ref, result->sampled[row].token_id));
+        EXPECT_LE(logprob, 0.0f);
+        EXPECT_GT(logprob, -30.0f);
+      } else {
+        EXPECT_EQ(logprob, 0.0f) << "not asked for";
+      }
       q.tokens.push_back(result->sampled[row].token_id);
       ++q.num_outputs;
       ++row;
