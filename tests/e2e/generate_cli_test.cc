@@ -44,8 +44,8 @@ Result Kvfold(const std::vector<std::string>& args) {
       ::testing::TempDir() + "/kvfold_" + std::to_string(getpid()) + "_" + std::to_string(calls++);
   const std::string out = stem + ".stdout", err = stem + ".stderr";
   std::string cmd = Quote(testing::BinaryPath("kvfold"));
-  for (const std::string& a : args) cmd += " " + Quote(a);
-  cmd += " >" + Quote(out) + " 2>" + Quote(err) + " </dev/null";
+  for (const std::string& a : args) cmd.append(" ").append(Quote(a));
+  cmd.append(" >").append(Quote(out)).append(" 2>").append(Quote(err)).append(" </dev/null");
   const int status = std::system(cmd.c_str());
   Result r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

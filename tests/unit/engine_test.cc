@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -236,9 +237,21 @@ TEST(EngineTest, SubmitRejectsBadRequestsWithoutCallingBack) {
   EXPECT_EQ(engine.Submit(Req(3, std::vector<int32_t>(64, 5), 1), collector.For(3)).code(),
             absl::StatusCode::kInvalidArgument);  // larger than the pool
   EXPECT_EQ(engine.Submit(Req(4, {1, 3}, 4), nullptr).code(), absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(engine.Submit(Req(5, {1, 3}, 4), collector.For(5)).ok());
+  // Request 5's first delta holds the engine thread until the duplicate is checked, so the id is
+  // certainly still in use (otherwise it may finish first).
+  std::promise<void> duplicate_checked;
+  std::shared_future<void> checked = duplicate_checked.get_future().share();
+  Engine::OutputCallback record = collector.For(5);
+  ASSERT_TRUE(engine
+                  .Submit(Req(5, {1, 3}, 4),
+                          [record, checked](const RequestOutput& out) {
+                            checked.wait();
+                            record(out);
+                          })
+                  .ok());
   EXPECT_EQ(engine.Submit(Req(5, {1, 3}, 4), collector.For(5)).code(),
             absl::StatusCode::kInvalidArgument);  // id in use
+  duplicate_checked.set_value();
   ASSERT_TRUE(collector.WaitForFinals(1));
   const std::map<RequestId, Stream> streams = collector.streams();
   EXPECT_EQ(streams.size(), 1u);
