@@ -32,8 +32,9 @@ struct Scheduler::Sequence {
 struct Scheduler::State {
   absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences;  // every live request
   std::deque<Sequence*> waiting;                                        // by (priority, arrival)
-  std::vector<Sequence*> running;  // by (priority, admission): preemption pops the back
-  std::vector<Sequence*> aborted;  // finished by Abort, reported by the next Update
+  std::vector<Sequence*> running;   // by (priority, admission): preemption pops the back
+  std::vector<Sequence*> aborted;   // finished by Abort, reported by the next Update
+  std::vector<RequestId> finished;  // ended since the last plan with chunks (StepPlan::finished)
   int64_t num_arrivals = 0;
   int64_t num_admissions = 0;
   int64_t num_preemptions = 0;
@@ -81,8 +82,11 @@ absl::Status Scheduler::CheckRequest(const Request& request) const {
     return absl::InvalidArgumentError(
         absl::StrCat("max_tokens must be at least 1, got ", request.max_tokens));
   }
-  if (!std::isfinite(request.sampling.temperature) || request.sampling.temperature < 0) {
-    return absl::InvalidArgumentError("temperature must be a finite number >= 0");
+  if (absl::Status sampling = ValidateSamplingParams(request.sampling); !sampling.ok()) {
+    return sampling;
+  }
+  for (int32_t token : request.stop_token_ids) {
+    if (token < 0) return absl::InvalidArgumentError(absl::StrCat("invalid stop token id ", token));
   }
   if (config_.max_model_len > 0 && num_prompt >= config_.max_model_len) {
     return absl::InvalidArgumentError(absl::StrCat("the prompt has ", num_prompt,
@@ -126,6 +130,7 @@ void Scheduler::Abort(RequestId id) {
   blocks_.Free(seq->table);
   seq->status = SequenceStatus::kFinished;
   state_->aborted.push_back(seq);
+  state_->finished.push_back(id);
 }
 
 void Scheduler::InsertWaiting(Sequence* seq) {
@@ -152,6 +157,7 @@ StepPlan Scheduler::Schedule() {
   int32_t budget = config_.max_num_batched_tokens;
   // After a preemption the pool is tight: admitting now would only preempt again next step.
   if (!ScheduleRunning(plan, budget)) AdmitWaiting(plan, budget);
+  if (!plan.chunks.empty()) plan.finished.swap(state_->finished);
   VLOG(1) << "step: " << plan.chunks.size() << " chunks, " << plan.num_tokens() << " tokens, "
           << state_->running.size() << " running, " << state_->waiting.size() << " waiting, "
           << blocks_.num_free_blocks() << " free blocks";
@@ -212,6 +218,10 @@ void Scheduler::AdmitWaiting(StepPlan& plan, int32_t& budget) {
     seq.admission = state_->num_admissions++;
     InsertRunning(&seq);
     AddChunk(plan, seq, num_tokens);
+    if (num_hit_tokens > 0 && seq.request.sampling.NeedsHistory()) {
+      plan.chunks.back().context_token_ids.assign(seq.tokens.begin(),
+                                                  seq.tokens.begin() + num_hit_tokens);
+    }
     budget -= num_tokens;
   }
 }
@@ -289,7 +299,11 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
     RequestOutput& out = outputs.emplace_back();
     out.id = seq.request.id;
     out.token_ids.push_back(sampled->token_id);
-    if (seq.request.sampling.logprobs) out.logprobs.push_back(sampled->logprob);
+    if (seq.request.sampling.logprobs) {
+      out.logprobs.push_back(TokenLogprob{.token_id = sampled->token_id,
+                                          .logprob = sampled->logprob,
+                                          .top = sampled->top_logprobs});
+    }
     if (finish.has_value()) {
       out.finish_reason = finish;
       out.usage = UsageOf(seq.num_prompt_tokens, seq.num_outputs(), seq.num_cached_tokens);
@@ -303,6 +317,7 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
     std::erase_if(state_->running,
                   [](const Sequence* s) { return s->status == SequenceStatus::kFinished; });
     for (RequestId id : finished) state_->sequences.erase(id);
+    state_->finished.insert(state_->finished.end(), finished.begin(), finished.end());
   }
   return outputs;
 }
@@ -311,6 +326,7 @@ std::vector<RequestOutput> Scheduler::FailAll(const std::string& message) {
   std::vector<RequestOutput> outputs = Update(StepPlan{}, StepResult{});  // pending aborts
   auto fail = [&](Sequence* seq) {
     blocks_.Free(seq->table);
+    state_->finished.push_back(seq->request.id);
     outputs.push_back(
         FinalOutput(seq->request.id, FinishReason::kError,
                     UsageOf(seq->num_prompt_tokens, seq->num_outputs(), seq->num_cached_tokens)));

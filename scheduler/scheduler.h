@@ -47,7 +47,8 @@ class Scheduler {
   void Abort(RequestId id);
 
   // This iteration's batch. Admits waiting requests in priority order while blocks and budgets
-  // allow; preempts (recompute) when running sequences need blocks the pool lacks.
+  // allow; preempts (recompute) when running sequences need blocks the pool lacks. A plan with
+  // chunks also lists the requests that ended since the last such plan (StepPlan::finished).
   StepPlan Schedule();
   // Applies the executor's result: appends sampled tokens, finishes requests on EOS/stop ids,
   // max_tokens or max_model_len, caches newly full blocks, frees finished sequences' blocks.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -25,10 +26,19 @@ struct ScheduledChunk {
   bool sample = false;
   int32_t output_index = 0;  // index of the sampled token among the request's outputs
   SamplingParams sampling;
+  // Tokens [0, start_position) of the sequence, set only when the worker may not have seen them
+  // and sampling reads them (sampling.NeedsHistory()): on admission after a prefix-cache hit.
+  // Otherwise the worker knows a sequence's tokens from its earlier chunks (each sampled token
+  // comes back as the first token of the sequence's next chunk).
+  std::vector<int32_t> context_token_ids;
 };
 
 struct StepPlan {
   std::vector<ScheduledChunk> chunks;
+  // Requests that finished or were aborted since the previous plan that had chunks: the worker
+  // drops their per-request state (token history) before running this plan's chunks, so an id
+  // that is reused in this plan starts fresh. Only plans with chunks carry them.
+  std::vector<RequestId> finished;
   int32_t num_tokens() const {
     int32_t n = 0;
     for (const ScheduledChunk& c : chunks) n += static_cast<int32_t>(c.token_ids.size());
@@ -40,6 +50,8 @@ struct SampledToken {
   RequestId request_id = 0;
   int32_t token_id = 0;
   float logprob = 0.0f;  // log-probability of token_id under the model's distribution
+  // The top_logprobs most likely tokens (id, logprob), highest first; empty unless asked.
+  std::vector<std::pair<int32_t, float>> top_logprobs;
 };
 
 // One SampledToken per chunk with `sample` set, in chunk order.

@@ -9,6 +9,33 @@
 
 namespace kvfold {
 
+namespace {
+
+absl::Status CheckHistory(const ScheduledChunk& c,
+                          const absl::flat_hash_map<RequestId, std::vector<int32_t>>& histories,
+                          const absl::flat_hash_set<RequestId>& finished) {
+  if (!c.sampling.NeedsHistory() || c.start_position == 0) return absl::OkStatus();
+  if (!c.context_token_ids.empty()) {
+    if (static_cast<int64_t>(c.context_token_ids.size()) == c.start_position) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request %d: %d context tokens for a chunk at position %d", c.request_id,
+                        c.context_token_ids.size(), c.start_position));
+  }
+  auto it = histories.find(c.request_id);
+  const int64_t known =
+      it == histories.end() || finished.contains(c.request_id) ? 0 : it->second.size();
+  if (known < c.start_position) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("request %d: the executor knows %d of its tokens, the chunk starts at %d",
+                        c.request_id, known, c.start_position));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 ModelExecutor::ModelExecutor(LlamaModel& model, const KvCache& cache)
     : model_(model), cache_(cache) {}
 
@@ -18,6 +45,7 @@ absl::Status ModelExecutor::Validate(const StepPlan& plan) const {
   const int32_t max_context = model_.config().MaxContext();
   absl::flat_hash_set<RequestId> requests;
   absl::flat_hash_set<int64_t> slots;
+  const absl::flat_hash_set<RequestId> finished(plan.finished.begin(), plan.finished.end());
   for (const ScheduledChunk& c : plan.chunks) {
     const int64_t n = static_cast<int64_t>(c.token_ids.size());
     if (!requests.insert(c.request_id).second) {
@@ -42,6 +70,7 @@ absl::Status ModelExecutor::Validate(const StepPlan& plan) const {
                             cache_.num_blocks()));
       }
     }
+    if (absl::Status h = CheckHistory(c, histories_, finished); !h.ok()) return h;
     for (int64_t p = c.start_position; p < end; ++p) {
       const int64_t slot = int64_t{c.block_table[p / bs]} * bs + p % bs;
       if (!slots.insert(slot).second) {
@@ -90,6 +119,7 @@ void ModelExecutor::Flatten(const StepPlan& plan, Batch& b) const {
 absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   KVFOLD_RETURN_IF_ERROR(Validate(plan));
   Flatten(plan, batch_);
+  UpdateHistories(plan);
   ForwardBatch fb;
   fb.token_ids = batch_.token_ids;
   fb.positions = batch_.positions;
@@ -108,14 +138,46 @@ absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   size_t row = 0;
   for (const ScheduledChunk& c : plan.chunks) {
     if (!c.sample) continue;
-    const absl::Span<const float> logits(logits_.data() + row * vocab, vocab);
-    SampledToken& t = result.sampled.emplace_back();
-    t.request_id = c.request_id;
-    t.token_id = Sample(logits, c.sampling, c.output_index);
-    if (c.sampling.logprobs) t.logprob = LogProbability(logits, t.token_id);
+    result.sampled.push_back(
+        SampleChunk(c, absl::Span<const float>(logits_.data() + row * vocab, vocab)));
     ++row;
   }
   return result;
+}
+
+void ModelExecutor::UpdateHistories(const StepPlan& plan) {
+  for (RequestId id : plan.finished) histories_.erase(id);
+  for (const ScheduledChunk& c : plan.chunks) {
+    if (!c.sampling.NeedsHistory()) continue;
+    std::vector<int32_t>& h = histories_[c.request_id];
+    if (!c.context_token_ids.empty()) {
+      h = c.context_token_ids;
+    } else {
+      CHECK_GE(h.size(), static_cast<size_t>(c.start_position)) << "checked by Validate";
+      h.resize(c.start_position);
+    }
+    h.insert(h.end(), c.token_ids.begin(), c.token_ids.end());
+  }
+}
+
+SampledToken ModelExecutor::SampleChunk(const ScheduledChunk& c,
+                                        absl::Span<const float> logits) const {
+  TokenHistory history;
+  if (c.sampling.NeedsHistory()) {
+    const absl::Span<const int32_t> tokens = histories_.at(c.request_id);
+    CHECK_LE(static_cast<size_t>(c.output_index), tokens.size());
+    const size_t num_prompt = tokens.size() - c.output_index;
+    history.prompt = tokens.first(num_prompt);
+    history.output = tokens.subspan(num_prompt);
+  }
+  SampledToken t;
+  t.request_id = c.request_id;
+  t.token_id = Sample(logits, c.sampling, c.output_index, history);
+  if (c.sampling.logprobs) {
+    t.logprob = LogProbability(logits, t.token_id);
+    t.top_logprobs = TopLogprobs(logits, c.sampling.top_logprobs);
+  }
+  return t;
 }
 
 }  // namespace kvfold

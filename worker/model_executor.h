@@ -1,11 +1,16 @@
 // The worker side of the engine contract: runs a StepPlan on a LlamaModel over a paged KvCache and
-// samples one token per sampling chunk (with its log-probability when the request asks). Single
+// samples one token per sampling chunk (with its log-probability and top alternatives when the
+// request asks). For requests whose sampling reads their tokens (penalties), it keeps each one's
+// token history: chunk tokens are written at start_position (so recompute after preemption
+// replays it), ScheduledChunk::context_token_ids fills a prefix-cache hit, and
+// StepPlan::finished drops it. Single
 // process, single rank for now; tensor parallelism wraps this later (rank 0 broadcasts the plan).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "scheduler/step_plan.h"
@@ -22,7 +27,7 @@ class ModelExecutor final : public Executor {
   // One forward over every chunk of the plan, then sampling. InvalidArgument (and nothing run)
   // when the plan does not fit the pool or the model: block ids out of range, a block table too
   // short for its chunk, positions beyond the model's context, two chunks of one request or
-  // writing one cache slot.
+  // writing one cache slot, or a chunk that needs token history the executor lacks.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
 
   // The logits of the last Execute: one row of vocab_size per sampling chunk, in chunk order.
@@ -38,11 +43,16 @@ class ModelExecutor final : public Executor {
   };
   absl::Status Validate(const StepPlan& plan) const;
   void Flatten(const StepPlan& plan, Batch& batch) const;
+  // Applies plan.finished, then each history-reading chunk's tokens to its history.
+  void UpdateHistories(const StepPlan& plan);
+  SampledToken SampleChunk(const ScheduledChunk& chunk, absl::Span<const float> logits) const;
 
   LlamaModel& model_;
   const KvCache& cache_;
   Batch batch_;  // reused across steps to avoid reallocation
   std::vector<float> logits_;
+  // Tokens [0, n) of each live request with SamplingParams::NeedsHistory().
+  absl::flat_hash_map<RequestId, std::vector<int32_t>> histories_;
 };
 
 }  // namespace kvfold

@@ -101,6 +101,22 @@ absl::StatusOr<std::vector<Entry>> ReadEntries(const std::string& path,
   return entries;
 }
 
+SamplingParams LineSampling(const PromptLine& line, const SamplingParams& defaults) {
+  SamplingParams p = defaults;
+  p.temperature = line.temperature.value_or(p.temperature);
+  p.seed = line.seed.value_or(p.seed);
+  p.top_k = line.top_k.value_or(p.top_k);
+  p.top_p = line.top_p.value_or(p.top_p);
+  p.min_p = line.min_p.value_or(p.min_p);
+  p.repetition_penalty = line.repetition_penalty.value_or(p.repetition_penalty);
+  p.frequency_penalty = line.frequency_penalty.value_or(p.frequency_penalty);
+  p.presence_penalty = line.presence_penalty.value_or(p.presence_penalty);
+  p.logit_bias = line.logit_bias;
+  p.top_logprobs = line.top_logprobs.value_or(p.top_logprobs);
+  p.logprobs = line.logprobs.value_or(p.top_logprobs > 0);
+  return p;
+}
+
 // Parses, tokenizes and submits one line; on failure records the error instead.
 void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defaults,
                 const Tokenizer& tokenizer, Engine& engine, DeltaQueue& queue, Entry& entry) {
@@ -116,8 +132,9 @@ void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defau
   request.id = id;
   request.prompt_token_ids = *ids;
   request.max_tokens = parsed->max_tokens.value_or(defaults.max_tokens);
-  request.sampling.temperature = parsed->temperature.value_or(defaults.temperature);
-  request.sampling.seed = parsed->seed.value_or(defaults.seed);
+  request.sampling = LineSampling(*parsed, defaults.sampling);
+  request.stop_token_ids = parsed->stop_token_ids;
+  request.ignore_eos = parsed->ignore_eos.value_or(false);
   entry.output = std::make_unique<TextOutput>(tokenizer, *ids, std::move(parsed->stop));
   entry.result.usage.prompt_tokens = static_cast<int32_t>(ids->size());
   entry.submitted = Clock::now();
@@ -133,6 +150,7 @@ bool ApplyDelta(const RequestOutput& o, Engine& engine, Entry& e) {
     e.result.ttft_ms = Millis(Clock::now() - e.submitted);
     e.got_first_token = true;
   }
+  e.result.logprobs.insert(e.result.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
   for (int32_t id : o.token_ids) {
     if (e.output->stopped() || !e.result.error.empty()) break;
     absl::StatusOr<bool> stopped = e.output->Push(id);
@@ -153,6 +171,9 @@ bool ApplyDelta(const RequestOutput& o, Engine& engine, Entry& e) {
   e.result.finish_reason = e.output->stopped() ? "stop" : FinishReasonName(*o.finish_reason);
   e.result.text = e.output->text();
   e.result.token_ids = e.output->token_ids();
+  if (e.result.logprobs.size() > e.result.token_ids.size()) {  // a stop string cut the tokens
+    e.result.logprobs.resize(e.result.token_ids.size());
+  }
   e.result.usage = o.usage;
   e.result.usage.completion_tokens = static_cast<int32_t>(e.result.token_ids.size());
   e.result.latency_ms = Millis(Clock::now() - e.submitted);

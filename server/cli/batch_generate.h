@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/ops.h"
+#include "scheduler/request.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
 
@@ -14,8 +15,7 @@ namespace kvfold::cli {
 // What a line gets for the fields it leaves out (the command's flags).
 struct LineDefaults {
   int32_t max_tokens = 256;
-  float temperature = 0.0f;
-  uint64_t seed = 0;
+  SamplingParams sampling;  // temperature, seed, top_k, top_p, min_p, repetition_penalty
 };
 
 // Runs the file; returns the process exit code: 0 when the file ran (lines may still have

@@ -22,11 +22,19 @@
 ABSL_FLAG(std::string, prompt, "", "Prompt text (empty: start from BOS alone)");
 ABSL_FLAG(std::string, prompts_file, "",
           "Run every line of this file through the engine: one JSON object per line with "
-          "\"prompt\" and optional \"max_tokens\", \"temperature\", \"seed\", \"stop\"; prints one "
-          "JSON object per line, in input order");
+          "\"prompt\" and optional \"max_tokens\", \"temperature\", \"seed\", \"stop\", "
+          "\"top_k\", \"top_p\", \"min_p\", \"repetition_penalty\", \"frequency_penalty\", "
+          "\"presence_penalty\", \"logit_bias\", \"logprobs\", \"top_logprobs\", "
+          "\"stop_token_ids\", \"ignore_eos\"; prints one JSON object per line, in input order");
 ABSL_FLAG(int, max_tokens, 256, "Most tokens to generate");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature (0: greedy)");
 ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+ABSL_FLAG(int, top_k, 0, "Keep the k most likely tokens (0: off)");
+ABSL_FLAG(float, top_p, 1.0f,
+          "Keep the smallest set of most likely tokens with this mass (1: off)");
+ABSL_FLAG(float, min_p, 0.0f, "Drop tokens less likely than this times the top one (0: off)");
+ABSL_FLAG(float, repetition_penalty, 1.0f,
+          "Penalize tokens seen in the prompt or output (HF semantics; 1: off)");
 
 namespace kvfold::cli {
 namespace {
@@ -81,8 +89,10 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   if (!logits.ok()) return logits.status();
   const Clock::time_point prefill_done = Clock::now();
   int generated = 0;
+  std::vector<int32_t> outputs;
   while (generated < capacity - prompt_len) {
-    const int32_t next = Sample(*logits, sampling, generated);
+    const int32_t next = Sample(*logits, sampling, generated, {*ids, outputs});
+    outputs.push_back(next);
     ++generated;
     if (IsEos(config, next)) break;
     absl::StatusOr<std::string> text = detok.Push(next);
@@ -106,6 +116,17 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   return absl::OkStatus();
 }
 
+SamplingParams SamplingFromFlags() {
+  SamplingParams p;
+  p.temperature = absl::GetFlag(FLAGS_temperature);
+  p.seed = absl::GetFlag(FLAGS_seed);
+  p.top_k = absl::GetFlag(FLAGS_top_k);
+  p.top_p = absl::GetFlag(FLAGS_top_p);
+  p.min_p = absl::GetFlag(FLAGS_min_p);
+  p.repetition_penalty = absl::GetFlag(FLAGS_repetition_penalty);
+  return p;
+}
+
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& positional) {
@@ -115,9 +136,13 @@ int RunGenerate(const std::vector<std::string>& positional) {
     return 2;
   }
   const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
-  const float temperature = absl::GetFlag(FLAGS_temperature);
-  if (max_tokens < 1 || !(temperature >= 0.0f)) {
-    std::cerr << "kvfold generate: --max-tokens must be >= 1 and --temperature >= 0\n";
+  const SamplingParams sampling = SamplingFromFlags();
+  if (max_tokens < 1) {
+    std::cerr << "kvfold generate: --max-tokens must be >= 1\n";
+    return 2;
+  }
+  if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) {
+    std::cerr << "kvfold generate: " << s.message() << "\n";
     return 2;
   }
   std::string path = absl::GetFlag(FLAGS_model);
@@ -129,7 +154,7 @@ int RunGenerate(const std::vector<std::string>& positional) {
   }
   const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);
   if (!prompts_file.empty()) {
-    const LineDefaults defaults{max_tokens, temperature, absl::GetFlag(FLAGS_seed)};
+    const LineDefaults defaults{max_tokens, sampling};
     return RunPromptsFile(*loaded->model, *loaded->ops, *loaded->tokenizer, prompts_file, defaults);
   }
   absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
@@ -137,7 +162,6 @@ int RunGenerate(const std::vector<std::string>& positional) {
     std::cerr << "kvfold generate: " << kv_dtype.status().message() << "\n";
     return 2;
   }
-  const SamplingParams sampling{temperature, absl::GetFlag(FLAGS_seed)};
   if (absl::Status s =
           Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling, *kv_dtype);
       !s.ok()) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace kvfold::cli {
@@ -49,6 +50,87 @@ absl::Status ParseOptional(const json& j, PromptLine& out) {
   return absl::OkStatus();
 }
 
+// The field's value, or nullptr when it is absent or null.
+const json* Field(const json& j, std::string_view name) {
+  auto it = j.find(name);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
+bool IsInt32(const json& v) {
+  return v.is_number_integer() && v.get<int64_t>() >= std::numeric_limits<int32_t>::min() &&
+         v.get<int64_t>() <= std::numeric_limits<int32_t>::max();
+}
+
+absl::Status ParseNumber(const json& j, std::string_view name, std::optional<float>& out) {
+  if (const json* v = Field(j, name)) {
+    if (!v->is_number()) return FieldError(name, "a number");
+    out = static_cast<float>(v->get<double>());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseInt(const json& j, std::string_view name, std::optional<int32_t>& out) {
+  if (const json* v = Field(j, name)) {
+    if (!IsInt32(*v)) return FieldError(name, "an integer");
+    out = static_cast<int32_t>(v->get<int64_t>());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseBool(const json& j, std::string_view name, std::optional<bool>& out) {
+  if (const json* v = Field(j, name)) {
+    if (!v->is_boolean()) return FieldError(name, "true or false");
+    out = v->get<bool>();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTokenFields(const json& j, PromptLine& out) {
+  if (const json* v = Field(j, "logit_bias")) {
+    if (!v->is_object()) return FieldError("logit_bias", "an object of \"token id\": bias");
+    for (const auto& [key, bias] : v->items()) {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(key, &id) || !bias.is_number()) {
+        return FieldError("logit_bias", "an object of \"token id\": bias");
+      }
+      out.logit_bias.emplace_back(id, static_cast<float>(bias.get<double>()));
+    }
+  }
+  if (const json* v = Field(j, "stop_token_ids")) {
+    if (!v->is_array()) return FieldError("stop_token_ids", "an array of token ids");
+    for (const json& id : *v) {
+      if (!IsInt32(id)) return FieldError("stop_token_ids", "an array of token ids");
+      out.stop_token_ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseSampling(const json& j, PromptLine& out) {
+  for (auto [name, field] : {std::pair{"top_p", &out.top_p}, std::pair{"min_p", &out.min_p},
+                             std::pair{"repetition_penalty", &out.repetition_penalty},
+                             std::pair{"frequency_penalty", &out.frequency_penalty},
+                             std::pair{"presence_penalty", &out.presence_penalty}}) {
+    if (absl::Status s = ParseNumber(j, name, *field); !s.ok()) return s;
+  }
+  if (absl::Status s = ParseInt(j, "top_k", out.top_k); !s.ok()) return s;
+  if (absl::Status s = ParseInt(j, "top_logprobs", out.top_logprobs); !s.ok()) return s;
+  if (absl::Status s = ParseBool(j, "logprobs", out.logprobs); !s.ok()) return s;
+  if (absl::Status s = ParseBool(j, "ignore_eos", out.ignore_eos); !s.ok()) return s;
+  return ParseTokenFields(j, out);
+}
+
+nlohmann::ordered_json LogprobsJson(const std::vector<TokenLogprob>& logprobs) {
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const TokenLogprob& lp : logprobs) {
+    nlohmann::ordered_json top = nlohmann::ordered_json::array();
+    for (const auto& [id, logprob] : lp.top)
+      top.push_back({{"token_id", id}, {"logprob", logprob}});
+    list.push_back({{"token_id", lp.token_id}, {"logprob", lp.logprob}, {"top_logprobs", top}});
+  }
+  return list;
+}
+
 }  // namespace
 
 absl::StatusOr<PromptLine> ParsePromptLine(std::string_view line) {
@@ -60,6 +142,7 @@ absl::StatusOr<PromptLine> ParsePromptLine(std::string_view line) {
   if (prompt == j.end() || !prompt->is_string()) return FieldError("prompt", "a string");
   out.prompt = prompt->get<std::string>();
   if (absl::Status s = ParseOptional(j, out); !s.ok()) return s;
+  if (absl::Status s = ParseSampling(j, out); !s.ok()) return s;
   return out;
 }
 
@@ -71,6 +154,7 @@ std::string FormatLineResult(const LineResult& r) {
   } else {
     j["text"] = r.text;
     j["token_ids"] = r.token_ids;
+    if (!r.logprobs.empty()) j["logprobs"] = LogprobsJson(r.logprobs);
     j["finish_reason"] = r.finish_reason;
     j["usage"] = {{"prompt_tokens", r.usage.prompt_tokens},
                   {"completion_tokens", r.usage.completion_tokens},

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -14,14 +15,24 @@
 
 namespace kvfold::cli {
 
-// One line: {"prompt": "...", "max_tokens": 32, "temperature": 0.8, "seed": 7, "stop": ["\n"]}.
-// Absent optional fields take the command's flag values.
+// One line: {"prompt": "...", "max_tokens": 32, "temperature": 0.8, "seed": 7, "stop": ["\n"],
+// "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1, "frequency_penalty": 0.5,
+// "presence_penalty": 0.5, "logit_bias": {"42": -100}, "logprobs": true, "top_logprobs": 3,
+// "stop_token_ids": [2], "ignore_eos": false}. Absent optional fields take the command's flag
+// values (or SamplingParams's defaults); the engine checks the ranges of sampling values.
 struct PromptLine {
   std::string prompt;
   std::optional<int32_t> max_tokens;
   std::optional<float> temperature;
   std::optional<uint64_t> seed;
   std::vector<std::string> stop;  // a string or an array of strings
+  std::optional<int32_t> top_k;
+  std::optional<float> top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty;
+  std::vector<std::pair<int32_t, float>> logit_bias;  // {"token id": bias}
+  std::optional<bool> logprobs;
+  std::optional<int32_t> top_logprobs;
+  std::vector<int32_t> stop_token_ids;
+  std::optional<bool> ignore_eos;
 };
 
 // InvalidArgument naming the field for bad JSON, a non-object, a missing or non-string prompt,
@@ -35,13 +46,15 @@ struct LineResult {
   std::string error_type = "invalid_request_error";  // or "server_error"
   std::string text;
   std::vector<int32_t> token_ids;
+  std::vector<TokenLogprob> logprobs;  // when the line asked for them
   std::string finish_reason;
   Usage usage;
   double ttft_ms = 0;     // submission to first token
   double latency_ms = 0;  // submission to finish
 };
 
-// {"line", "text", "token_ids", "finish_reason", "usage", "ttft_ms", "latency_ms"}, or
+// {"line", "text", "token_ids", ["logprobs": [{"token_id", "logprob", "top_logprobs":
+// [{"token_id", "logprob"}]}],] "finish_reason", "usage", "ttft_ms", "latency_ms"}, or
 // {"line", "error": {"message", "type"}}: one line of output, without the newline. Invalid UTF-8
 // in the text is replaced, never thrown.
 std::string FormatLineResult(const LineResult& result);

@@ -6,6 +6,7 @@
 // context back through the block tables, so a wrong table or cache hit changes the tokens).
 #include "scheduler/scheduler.h"
 
+#include <cmath>
 #include <map>
 #include <random>
 #include <string>
@@ -27,6 +28,7 @@ namespace {
 using ::kvfold::testing::FakeExecutor;
 using ::kvfold::testing::ForcedToken;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 constexpr int32_t kBlockSize = 4;
 constexpr int32_t kEos = 2;
@@ -170,7 +172,7 @@ class SchedulerSim {
     EXPECT_FALSE(got.finish.has_value()) << "request " << out.id << " output after its end";
     const bool wants_logprobs = requests_.at(out.id).sampling.logprobs;
     EXPECT_EQ(out.logprobs.size(), wants_logprobs ? out.token_ids.size() : 0);
-    for (float logprob : out.logprobs) EXPECT_EQ(logprob, FakeExecutor::kLogprob);
+    for (const TokenLogprob& lp : out.logprobs) EXPECT_EQ(lp.logprob, FakeExecutor::kLogprob);
     got.tokens.insert(got.tokens.end(), out.token_ids.begin(), out.token_ids.end());
     got.finish = out.finish_reason;
     if (out.finish_reason) {
@@ -470,6 +472,89 @@ TEST(SchedulerTest, InvalidRequestsAreRejected) {
   EXPECT_FALSE(bad.Validate().ok());
   bad = Config(8, 0);
   EXPECT_FALSE(bad.Validate().ok());
+}
+
+TEST(SchedulerTest, InvalidSamplingParamsAreRejectedWithTheirName) {
+  BlockManager blocks(4, kBlockSize);
+  Scheduler scheduler(Config(64, 4), blocks);
+  const auto message = [&](auto edit) {
+    Request request = Req(1, 4, 1);
+    edit(request.sampling);
+    return std::string(scheduler.CheckRequest(request).message());
+  };
+  EXPECT_THAT(message([](SamplingParams& p) { p.top_k = -1; }), HasSubstr("top_k"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.top_p = 0.0f; }), HasSubstr("top_p"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.top_p = 1.5f; }), HasSubstr("top_p"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.min_p = -0.1f; }), HasSubstr("min_p"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.repetition_penalty = 0.0f; }),
+              HasSubstr("repetition_penalty"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.frequency_penalty = 3.0f; }),
+              HasSubstr("frequency_penalty"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.presence_penalty = NAN; }),
+              HasSubstr("presence_penalty"));
+  EXPECT_THAT(message([](SamplingParams& p) {
+                p.logit_bias = {{-3, 1.0f}};
+              }),
+              HasSubstr("logit_bias"));
+  EXPECT_THAT(message([](SamplingParams& p) {
+                p.logit_bias = {{3, 101.0f}};
+              }),
+              HasSubstr("logit_bias"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.top_logprobs = 21; }), HasSubstr("top_logprobs"));
+  EXPECT_THAT(message([](SamplingParams& p) { p.top_logprobs = 2; }),
+              HasSubstr("requires logprobs"));
+  EXPECT_EQ(message([](SamplingParams& p) {
+              p = {.temperature = 0.7f,
+                   .logprobs = true,
+                   .top_k = 5,
+                   .top_p = 0.9f,
+                   .min_p = 0.05f,
+                   .repetition_penalty = 1.1f,
+                   .frequency_penalty = -2.0f,
+                   .presence_penalty = 2.0f,
+                   .logit_bias = {{3, -100.0f}},
+                   .top_logprobs = 20};
+            }),
+            "");
+  Request stop = Req(2, 4, 1);
+  stop.stop_token_ids = {-1};
+  EXPECT_THAT(std::string(scheduler.CheckRequest(stop).message()), HasSubstr("stop token"));
+}
+
+// The worker frees per-request state from StepPlan::finished; a prefix-cache hit of a request
+// that samples with penalties carries the cached tokens, since the worker never saw them.
+TEST(SchedulerTest, PlansListFinishedRequestsAndContextForHistoryReaders) {
+  const std::vector<int32_t> shared = PromptOf(7, 10);
+  SchedulerSim sim(Config(64, 4), 16);
+  Request penalized = Req(3, shared, 2);
+  penalized.sampling.repetition_penalty = 1.2f;
+  sim.Run({
+      {.arrivals = {Req(1, shared, 1)},
+       .chunks = "1@0+10*",
+       .finished = "1:length",
+       .num_free_blocks = 16},
+      {.arrivals = {Req(2, 4, 3)}, .chunks = "2@0+4*", .num_running = 1, .num_free_blocks = 15},
+  });
+  EXPECT_THAT(sim.last_plan().finished, ElementsAre(1));
+  EXPECT_TRUE(sim.last_plan().chunks[0].context_token_ids.empty());
+  sim.Run({{.arrivals = {penalized},
+            .aborts = {2},
+            .chunks = "3@8+2*",
+            .finished = "2:abort",
+            .num_running = 1,
+            .num_free_blocks = 13}});
+  EXPECT_THAT(sim.last_plan().finished, ElementsAre(2));
+  EXPECT_EQ(sim.last_plan().chunks[0].context_token_ids,
+            std::vector<int32_t>(shared.begin(), shared.begin() + 8));
+  sim.Run({{.chunks = "3@10+1*", .finished = "3:length", .num_free_blocks = 16}});
+  EXPECT_TRUE(sim.last_plan().finished.empty());
+  EXPECT_TRUE(sim.last_plan().chunks[0].context_token_ids.empty()) << "only on admission";
+  EXPECT_EQ(sim.scheduler().Schedule().finished.size(), 0u) << "an empty plan keeps them";
+  sim.Run({{.arrivals = {Req(4, 4, 1)},
+            .chunks = "4@0+4*",
+            .finished = "4:length",
+            .num_free_blocks = 16}});
+  EXPECT_THAT(sim.last_plan().finished, ElementsAre(3));
 }
 
 // Many requests with shared prefixes on a tight pool and random budgets: every step keeps the
