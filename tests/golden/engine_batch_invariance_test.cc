@@ -1,7 +1,9 @@
 // The batch-invariance test on stories260K: 64 requests with random prompt lengths and
 // shared prefixes run through one Engine over a KV pool small enough to force preemption, with a
 // token budget small enough to chunk prefills. Every request's tokens must equal what it gets run
-// alone (SequenceRunner, same KV dtype), greedy and with seeded sampling. Any dependence of a
+// alone (SequenceRunner, same KV dtype): greedy, with seeded sampling, and with the logit
+// processors (top-k/p, min-p, penalties that read the prompt and outputs, logit bias, logprobs)
+// mixed across requests. Any dependence of a
 // sequence's numerics on its batch neighbours, block ids, chunking, prefix-cache reuse or
 // recompute after preemption shows up as a different token.
 #include <algorithm>
@@ -31,6 +33,38 @@ constexpr int32_t kBlockSize = 8;
 constexpr int32_t kNumBlocks = 48;  // 384 tokens: a few sequences at a time
 constexpr DType kKvDtype = DType::kBF16;
 
+enum class Mode { kGreedy, kSeeded, kFiltered };
+
+// Request i's sampling in kFiltered mode: a different mix of processors per residue.
+SamplingParams FilteredSampling(int i) {
+  SamplingParams p{.temperature = 0.9f, .seed = static_cast<uint64_t>(11 * i + 3)};
+  switch (i % 5) {
+    case 0:
+      p.top_k = 20;
+      break;
+    case 1:
+      p.top_p = 0.8f;
+      p.logprobs = true;
+      p.top_logprobs = 3;
+      break;
+    case 2:  // penalties over prompt and outputs; the worker's history must survive preemption
+      p.repetition_penalty = 1.3f;
+      p.frequency_penalty = 0.5f;
+      p.presence_penalty = 0.3f;
+      p.top_k = 50;
+      break;
+    case 3:  // greedy with penalties
+      p.temperature = 0.0f;
+      p.repetition_penalty = 1.5f;
+      break;
+    default:
+      p.min_p = 0.1f;
+      p.logit_bias = {{5, 2.0f}, {6, -100.0f}};
+      break;
+  }
+  return p;
+}
+
 class EngineBatchInvarianceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -44,7 +78,7 @@ class EngineBatchInvarianceTest : public ::testing::Test {
   }
 
   // Random prompts: BOS, then (for most) one of four shared prefixes, then a random tail.
-  std::vector<Request> MakeRequests(bool sampled) {
+  std::vector<Request> MakeRequests(Mode mode) {
     std::mt19937 rng(2026);
     std::uniform_int_distribution<int32_t> token(3, model_->config().vocab_size - 1);
     std::vector<std::vector<int32_t>> prefixes(4);
@@ -65,7 +99,8 @@ class EngineBatchInvarianceTest : public ::testing::Test {
       const int tail = std::uniform_int_distribution<int>(0, 60)(rng);
       for (int j = 0; j < tail; ++j) r.prompt_token_ids.push_back(token(rng));
       r.max_tokens = std::uniform_int_distribution<int>(4, 40)(rng);
-      if (sampled) r.sampling = {0.8f, static_cast<uint64_t>(7 * i + 1)};
+      if (mode == Mode::kSeeded) r.sampling = {0.8f, static_cast<uint64_t>(7 * i + 1)};
+      if (mode == Mode::kFiltered) r.sampling = FilteredSampling(i);
     }
     return requests;
   }
@@ -78,7 +113,7 @@ class EngineBatchInvarianceTest : public ::testing::Test {
     absl::StatusOr<std::vector<float>> logits = runner.Append(r.prompt_token_ids);
     std::vector<int32_t> out;
     while (logits.ok()) {
-      const int32_t next = Sample(*logits, r.sampling, out.size());
+      const int32_t next = Sample(*logits, r.sampling, out.size(), {r.prompt_token_ids, out});
       out.push_back(next);
       const bool eos = std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), next) > 0;
       if (eos || static_cast<int32_t>(out.size()) == r.max_tokens) return out;
@@ -88,8 +123,8 @@ class EngineBatchInvarianceTest : public ::testing::Test {
     return out;
   }
 
-  void ExpectBatchInvariant(bool sampled) {
-    const std::vector<Request> requests = MakeRequests(sampled);
+  void ExpectBatchInvariant(Mode mode) {
+    const std::vector<Request> requests = MakeRequests(mode);
     KvCache cache(*ops_, model_->config(), kNumBlocks, kBlockSize, kKvDtype);
     ModelExecutor executor(*model_, cache);
     SchedulerConfig config;
@@ -102,6 +137,7 @@ class EngineBatchInvarianceTest : public ::testing::Test {
     std::mutex mu;
     std::condition_variable done_cv;
     std::vector<std::vector<int32_t>> tokens(kNumRequests);
+    std::vector<std::vector<TokenLogprob>> logprobs(kNumRequests);
     std::vector<std::optional<FinishReason>> finish(kNumRequests);
     int done = 0;
     EngineStats stats;
@@ -115,6 +151,8 @@ class EngineBatchInvarianceTest : public ::testing::Test {
                                   std::lock_guard<std::mutex> lock(mu);
                                   tokens[i].insert(tokens[i].end(), o.token_ids.begin(),
                                                    o.token_ids.end());
+                                  logprobs[i].insert(logprobs[i].end(), o.logprobs.begin(),
+                                                     o.logprobs.end());
                                   if (o.finish_reason) {
                                     finish[i] = o.finish_reason;
                                     ++done;
@@ -137,6 +175,13 @@ class EngineBatchInvarianceTest : public ::testing::Test {
       EXPECT_EQ(tokens[i], RunAlone(requests[i]))
           << "request " << i << " (prompt of " << requests[i].prompt_token_ids.size()
           << " tokens) differs from its run alone";
+      const SamplingParams& sampling = requests[i].sampling;
+      ASSERT_EQ(logprobs[i].size(), sampling.logprobs ? tokens[i].size() : 0) << "request " << i;
+      for (size_t j = 0; j < logprobs[i].size(); ++j) {
+        EXPECT_EQ(logprobs[i][j].token_id, tokens[i][j]);
+        ASSERT_EQ(logprobs[i][j].top.size(), static_cast<size_t>(sampling.top_logprobs));
+        EXPECT_GE(logprobs[i][j].top[0].second, logprobs[i][j].logprob);
+      }
     }
   }
 
@@ -145,11 +190,15 @@ class EngineBatchInvarianceTest : public ::testing::Test {
 };
 
 TEST_F(EngineBatchInvarianceTest, GreedyOutputsEqualEachRequestAlone) {
-  ExpectBatchInvariant(/*sampled=*/false);
+  ExpectBatchInvariant(Mode::kGreedy);
 }
 
 TEST_F(EngineBatchInvarianceTest, SeededSampledOutputsEqualEachRequestAlone) {
-  ExpectBatchInvariant(/*sampled=*/true);
+  ExpectBatchInvariant(Mode::kSeeded);
+}
+
+TEST_F(EngineBatchInvarianceTest, FilteredAndPenalizedOutputsEqualEachRequestAlone) {
+  ExpectBatchInvariant(Mode::kFiltered);
 }
 
 }  // namespace
