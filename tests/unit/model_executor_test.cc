@@ -168,6 +168,47 @@ TEST_P(ModelExecutorTest, BadPlansAreErrors) {
   EXPECT_TRUE(executor_->Execute(OneChunk({9, 4}, 0, 6)).ok());
 }
 
+// Penalties read the history the executor keeps per request: built from chunk tokens, rewritten
+// from start_position on recompute, filled by context_token_ids, dropped by StepPlan::finished.
+TEST_P(ModelExecutorTest, PenaltiesReadTheRequestsTokenHistory) {
+  StepPlan plan = OneChunk({0, 1}, 0, 4);
+  ScheduledChunk& c = plan.chunks[0];
+  c.token_ids = {5, 6, 7, 8};
+  c.sampling.repetition_penalty = 1e6f;  // greedy never repeats a seen token with logit > 0
+  c.sampling.presence_penalty = 2.0f;
+  absl::StatusOr<StepResult> r = executor_->Execute(plan);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::vector<float> logits(executor_->last_logits().begin(), executor_->last_logits().end());
+  const std::vector<int32_t> prompt = {5, 6, 7, 8};
+  EXPECT_EQ(r->sampled[0].token_id, Sample(logits, c.sampling, 0, {prompt, {}}));
+  // Decode with the sampled token as output 0: output penalties apply to it.
+  const int32_t out0 = r->sampled[0].token_id;
+  c.token_ids = {out0};
+  c.start_position = 4;
+  c.output_index = 1;
+  r = executor_->Execute(plan);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::vector<float> logits1(executor_->last_logits().begin(),
+                                   executor_->last_logits().end());
+  const std::vector<int32_t> outputs = {out0};
+  EXPECT_EQ(r->sampled[0].token_id, Sample(logits1, c.sampling, 1, {prompt, outputs}));
+  // Recompute from 2 rewrites the history from there.
+  c.token_ids = {9, 10, out0};
+  c.start_position = 2;
+  ASSERT_TRUE(executor_->Execute(plan).ok());
+  // Finished: the history is gone, so a chunk past position 0 needs context_token_ids.
+  plan.finished = {1};
+  c.token_ids = {out0};
+  c.start_position = 4;
+  r = executor_->Execute(plan);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("knows 0 of its tokens"));
+  c.context_token_ids = {5, 6};
+  r = executor_->Execute(plan);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("context tokens"));
+  c.context_token_ids = {5, 6, 7, 8};
+  EXPECT_TRUE(executor_->Execute(plan).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(KvDtypes, ModelExecutorTest, ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 

@@ -24,6 +24,41 @@ TEST(ParsePromptLineTest, AllFields) {
   EXPECT_THAT(p->stop, ElementsAre("a", "b"));
 }
 
+TEST(ParsePromptLineTest, SamplingFields) {
+  absl::StatusOr<PromptLine> p = ParsePromptLine(
+      R"({"prompt": "a", "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1,
+          "frequency_penalty": 0.5, "presence_penalty": -0.5, "logit_bias": {"42": -100, "7": 2},
+          "logprobs": true, "top_logprobs": 3, "stop_token_ids": [2, 9], "ignore_eos": true})");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->top_k, 40);
+  EXPECT_EQ(p->top_p, 0.9f);
+  EXPECT_EQ(p->min_p, 0.05f);
+  EXPECT_EQ(p->repetition_penalty, 1.1f);
+  EXPECT_EQ(p->frequency_penalty, 0.5f);
+  EXPECT_EQ(p->presence_penalty, -0.5f);
+  EXPECT_THAT(p->logit_bias,
+              ::testing::UnorderedElementsAre(std::pair(42, -100.0f), std::pair(7, 2.0f)));
+  EXPECT_EQ(p->logprobs, true);
+  EXPECT_EQ(p->top_logprobs, 3);
+  EXPECT_THAT(p->stop_token_ids, ElementsAre(2, 9));
+  EXPECT_EQ(p->ignore_eos, true);
+}
+
+TEST(FormatLineResultTest, LogprobsWhenAsked) {
+  LineResult r;
+  r.line = 1;
+  r.token_ids = {5};
+  r.logprobs = {TokenLogprob{.token_id = 5, .logprob = -0.5f, .top = {{5, -0.5f}, {9, -1.5f}}}};
+  const nlohmann::json j = nlohmann::json::parse(FormatLineResult(r));
+  ASSERT_EQ(j["logprobs"].size(), 1u);
+  EXPECT_EQ(j["logprobs"][0]["token_id"], 5);
+  EXPECT_EQ(j["logprobs"][0]["logprob"], -0.5);
+  EXPECT_EQ(j["logprobs"][0]["top_logprobs"][1]["token_id"], 9);
+  EXPECT_EQ(j["logprobs"][0]["top_logprobs"][1]["logprob"], -1.5);
+  r.logprobs.clear();
+  EXPECT_FALSE(nlohmann::json::parse(FormatLineResult(r)).contains("logprobs"));
+}
+
 TEST(ParsePromptLineTest, OptionalFieldsMayBeAbsentOrNull) {
   absl::StatusOr<PromptLine> p = ParsePromptLine(R"({"prompt": "", "seed": null, "stop": "x"})");
   ASSERT_TRUE(p.ok()) << p.status();
@@ -51,6 +86,20 @@ TEST(ParsePromptLineTest, BadLinesNameTheProblem) {
       {R"({"prompt": "a", "seed": 1.5})", "'seed'"},
       {R"({"prompt": "a", "stop": 3})", "'stop'"},
       {R"({"prompt": "a", "stop": ["x", 3]})", "'stop'"},
+      {R"({"prompt": "a", "top_k": 1.5})", "'top_k'"},
+      {R"({"prompt": "a", "top_p": "high"})", "'top_p'"},
+      {R"({"prompt": "a", "min_p": [0.1]})", "'min_p'"},
+      {R"({"prompt": "a", "repetition_penalty": true})", "'repetition_penalty'"},
+      {R"({"prompt": "a", "frequency_penalty": "x"})", "'frequency_penalty'"},
+      {R"({"prompt": "a", "presence_penalty": {}})", "'presence_penalty'"},
+      {R"({"prompt": "a", "logit_bias": [1, 2]})", "'logit_bias'"},
+      {R"({"prompt": "a", "logit_bias": {"x": 1}})", "'logit_bias'"},
+      {R"({"prompt": "a", "logit_bias": {"3": "1"}})", "'logit_bias'"},
+      {R"({"prompt": "a", "logprobs": 1})", "'logprobs'"},
+      {R"({"prompt": "a", "top_logprobs": "3"})", "'top_logprobs'"},
+      {R"({"prompt": "a", "stop_token_ids": 2})", "'stop_token_ids'"},
+      {R"({"prompt": "a", "stop_token_ids": [2.5]})", "'stop_token_ids'"},
+      {R"({"prompt": "a", "ignore_eos": "yes"})", "'ignore_eos'"},
   };
   for (const auto& [line, want] : cases) {
     absl::StatusOr<PromptLine> p = ParsePromptLine(line);
