@@ -9,7 +9,7 @@ the decode of both id lists with and without skip_special_tokens; then seeded ra
 the tests load (Metaspace forms, added-token flags). The tokenizers version goes into each file.
 
 Usage, from the repository root: python3 scripts/dev/make_tokenizer_expectations.py
-(llama2 and mistral are skipped with a message when ../shared/tokenizers is absent.)
+(the ../shared/tokenizers families are skipped with a message when it is absent.)
 """
 
 import json
@@ -34,6 +34,8 @@ RANDOM_TEXT_FRAGMENTS = [
     "\u2581", "<s>", "</s>", "<unk>", "<mark>", "<|sp|>", "zebra", "lion", "<", ">", "s",
     "\u4e2d", "\u6587", "\u00e9", "\u1ec7", "\u0645", "\U0001F600", "\U0001F468\u200d\U0001F469",
     "\U0001F1FA\U0001F1F8", "\ufffd", "\u00a0", "\u3000", "\x00",
+    "\r\n", "'s", "'LL", "123", "e\u0301", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+    "<|begin_of_text|>", "<|eot_id|>", "<think>",
 ]
 
 # Metaspace variants of stories260K: the same vocabulary behind the pre-tokenizer/decoder form that
@@ -127,11 +129,35 @@ def make_variants():
     return paths
 
 
-def random_id_sequences(tok, rng):
-    """Id lists biased towards byte-fallback tokens and specials, to exercise ByteFallback's
-    invalid-UTF-8 handling and skip_special_tokens."""
+def byte_token_ids(tok):
+    """Byte value -> id of the token that spells that single byte: <0xNN> pieces, or the
+    characters of the byte-level alphabet."""
     vocab = tok.get_vocab()
-    byte_ids = sorted(i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x"))
+    pieces = {b: vocab.get(f"<0x{b:02X}>") for b in range(256)}
+    if all(i is not None for i in pieces.values()):
+        return pieces
+    return {b: vocab[c] for b, c in bytes_to_unicode().items()}
+
+
+def bytes_to_unicode():
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
+                 + list(range(0xAE, 0x100)))
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def random_id_sequences(tok, rng):
+    """Id lists biased towards single-byte tokens and specials, to exercise the decoders'
+    invalid-UTF-8 handling and skip_special_tokens."""
+    byte_tokens = byte_token_ids(tok)
+    byte_ids = sorted(byte_tokens.values())
+    specials = sorted(tok.get_added_tokens_decoder().keys())[:8] or [0, 1, 2]
     size = tok.get_vocab_size()
     sequences = []
     for _ in range(NUM_RANDOM_DECODES):
@@ -141,17 +167,17 @@ def random_id_sequences(tok, rng):
             if r < 0.45:
                 ids.append(rng.choice(byte_ids))
             elif r < 0.55:
-                ids.append(rng.randint(0, 2))
+                ids.append(rng.choice(specials))
             else:
                 ids.append(rng.randrange(size))
         sequences.append(ids)
     # Valid multi-byte characters split across byte tokens, then broken ones.
     for text in ["\u00e9", "\u4f60", "\U0001F600"]:
-        raw = [vocab[f"<0x{b:02X}>"] for b in text.encode("utf-8")]
+        raw = [byte_tokens[b] for b in text.encode("utf-8")]
         sequences.append(raw)
         sequences.append(raw[:-1])
         sequences.append(raw + raw[:1])
-        sequences.append(raw[:1] + [2] + raw[1:])
+        sequences.append(raw[:1] + [specials[-1]] + raw[1:])
     return sequences
 
 
@@ -199,7 +225,7 @@ def main():
     targets = {"stories260K": (STORIES, os.path.join(ROOT, STORIES))}
     for name, rel in make_variants().items():
         targets[name] = (rel, os.path.join(ROOT, rel))
-    for name in ["llama2", "mistral"]:
+    for name in ["llama2", "mistral", "llama3", "qwen3"]:
         rel = f"tokenizers/{name}/tokenizer.json"
         path = os.path.join(SHARED, rel)
         if os.path.exists(path):

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
+#include "server/tokenizer/bpe_model.h"
 #include "server/tokenizer/json_util.h"
 #include "server/tokenizer/pipeline_tokenizer.h"
 
@@ -67,6 +68,10 @@ absl::StatusOr<Pipeline> BuildPipeline(const Json& root) {
   }
   if (status.ok()) {
     status = BuildStage(root, "decoder", tokenizer_impl::MakeDecoder, &pipeline.decoder);
+  }
+  if (status.ok() && pipeline.pre_tokenizer != nullptr &&
+      pipeline.pre_tokenizer->MapsToByteLevel()) {
+    status = pipeline.model->SetByteLevelInput();
   }
   if (!status.ok()) return status;
   absl::StatusOr<tokenizer_impl::AddedVocabulary> added = tokenizer_impl::AddedVocabulary::FromJson(

@@ -65,6 +65,8 @@ inline std::vector<TokenizerUnderTest> AllTokenizersUnderTest() {
       {"stories260K_added_flags", fixtures + "stories260K_added_flags.json", false},
       {"llama2", "tokenizers/llama2/tokenizer.json", true},
       {"mistral", "tokenizers/mistral/tokenizer.json", true},
+      {"llama3", "tokenizers/llama3/tokenizer.json", true},
+      {"qwen3", "tokenizers/qwen3/tokenizer.json", true},
   };
 }
 
