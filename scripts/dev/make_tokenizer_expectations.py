@@ -20,6 +20,8 @@ import sys
 import tokenizers
 from tokenizers import Tokenizer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
@@ -136,7 +138,7 @@ def byte_token_ids(tok):
     pieces = {b: vocab.get(f"<0x{b:02X}>") for b in range(256)}
     if all(i is not None for i in pieces.values()):
         return pieces
-    return {b: vocab[c] for b, c in bytes_to_unicode().items()}
+    return {b: vocab[c] for b, c in bytes_to_unicode().items() if c in vocab}
 
 
 def bytes_to_unicode():
@@ -173,7 +175,7 @@ def random_id_sequences(tok, rng):
         sequences.append(ids)
     # Valid multi-byte characters split across byte tokens, then broken ones.
     for text in ["\u00e9", "\u4f60", "\U0001F600"]:
-        raw = [byte_tokens[b] for b in text.encode("utf-8")]
+        raw = [byte_tokens[b] for b in text.encode("utf-8") if b in byte_tokens]
         sequences.append(raw)
         sequences.append(raw[:-1])
         sequences.append(raw + raw[:1])
@@ -186,12 +188,15 @@ def random_texts(rng):
             for _ in range(NUM_RANDOM_TEXTS)]
 
 
-def expectations(name, rel_path, abs_path, corpus):
-    tok = Tokenizer.from_file(abs_path)
+def expectations(name, rel_path, abs_path, corpus, tok=None, encode=None):
+    """`tok` (default: loaded from abs_path) decodes; `encode(text, add_special_tokens)` (default:
+    tok's) gives the ids."""
+    tok = tok or Tokenizer.from_file(abs_path)
+    encode = encode or (lambda text, special: tok.encode(text, add_special_tokens=special).ids)
     cases = []
     for text in corpus:
-        ids = tok.encode(text, add_special_tokens=False).ids
-        ids_special = tok.encode(text, add_special_tokens=True).ids
+        ids = encode(text, False)
+        ids_special = encode(text, True)
         cases.append({
             "text": text,
             "ids": ids,
@@ -236,6 +241,38 @@ def main():
         out = os.path.join(FIXTURES, f"expected_{name}.json")
         write_json(out, expectations(name, rel, path, corpus))
         print(f"wrote {os.path.relpath(out, ROOT)}")
+    smollm2 = smollm2_reference()
+    if smollm2 is not None:
+        out = os.path.join(FIXTURES, "expected_smollm2.json")
+        write_json(out, expectations("smollm2", "~/.cache/kvfold/" + SMOLLM2_GGUF, None, corpus,
+                                     tok=smollm2))
+        print(f"wrote {os.path.relpath(out, ROOT)}")
+    import make_gguf_fixtures  # the GGUF "llama" vocabularies, with llama.cpp's algorithm
+    make_gguf_fixtures.main(corpus, expectations, write_json)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_reference():
+    """The default model's tokenizer, from its GGUF (scripts/setup.sh fetches it) through
+    transformers' GGUF reader. transformers does not know tokenizer.ggml.pre = "smollm" and would
+    split with GPT-2's regex alone; SmolLM2's own tokenizer.json and llama.cpp also isolate every
+    digit first (Digits(individual_digits=True) before ByteLevel), so that pre-tokenizer is set
+    here. (The two differ on the corpus only where digits follow a space, e.g. Arabic-Indic.)"""
+    cache = os.path.expanduser("~/.cache/kvfold")
+    if not os.path.exists(os.path.join(cache, SMOLLM2_GGUF)):
+        print(f"skipping smollm2: {cache}/{SMOLLM2_GGUF} is absent (run scripts/setup.sh)",
+              file=sys.stderr)
+        return None
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(cache, gguf_file=SMOLLM2_GGUF)
+    tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    return tok
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ int Main(int argc, char** argv) {
     PrintUsage(std::cerr);
     return 2;
   }
-  absl::SetProgramUsageMessage(absl::StrCat("kvfold ", std::string(command->name), ": ", std::string(command->summary)));
+  absl::SetProgramUsageMessage(
+      absl::StrCat("kvfold ", std::string(command->name), ": ", std::string(command->summary)));
   absl::FlagsUsageConfig usage;
   const std::string flags_file(command->flags_file);
   usage.contains_help_flags = [flags_file](absl::string_view path) {

@@ -87,15 +87,22 @@ class StringMatcher : public Matcher {
   std::string needle_;
 };
 
-// Each numeric character (\p{N}, as Rust's char::is_numeric) is a match.
+// Each numeric character (\p{N}, as Rust's char::is_numeric) is a match; the runs between them
+// are single non-matches, as HF's character-predicate pattern gives them.
 class NumericMatcher : public Matcher {
  public:
   void Find(std::string_view text, std::vector<Span>* spans) const override {
+    size_t last = 0;
     for (size_t pos = 0; pos < text.size();) {
       const Char c = CharAt(text, pos);
-      spans->push_back(Span{pos, pos + c.length, c.char_class == kNumber});
+      if (c.char_class == kNumber) {
+        if (last < pos) spans->push_back(Span{last, pos, false});
+        spans->push_back(Span{pos, pos + c.length, true});
+        last = pos + c.length;
+      }
       pos += c.length;
     }
+    if (last < text.size()) spans->push_back(Span{last, text.size(), false});
   }
 };
 
