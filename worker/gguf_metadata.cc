@@ -93,75 +93,47 @@ class Reader {
   size_t pos_ = 0;
 };
 
+// A fixed-size value read as `Wire` and held as `Held`.
+template <typename Wire, typename Held>
+absl::StatusOr<GgufValue> ReadScalar(Reader& reader, GgufType type, std::string_view what) {
+  KVFOLD_ASSIGN_OR_RETURN(const Wire x, reader.Read<Wire>(what));
+  return GgufValue{type, Held(x)};
+}
+
 absl::StatusOr<GgufValue> Reader::ReadValue(GgufType type, std::string_view what, int depth) {
-  GgufValue v;
-  v.type = type;
   switch (type) {
-    case GgufType::kUint8: {
-      KVFOLD_ASSIGN_OR_RETURN(const uint8_t x, Read<uint8_t>(what));
-      v.value = uint64_t{x};
-      return v;
-    }
-    case GgufType::kInt8: {
-      KVFOLD_ASSIGN_OR_RETURN(const int8_t x, Read<int8_t>(what));
-      v.value = int64_t{x};
-      return v;
-    }
-    case GgufType::kUint16: {
-      KVFOLD_ASSIGN_OR_RETURN(const uint16_t x, Read<uint16_t>(what));
-      v.value = uint64_t{x};
-      return v;
-    }
-    case GgufType::kInt16: {
-      KVFOLD_ASSIGN_OR_RETURN(const int16_t x, Read<int16_t>(what));
-      v.value = int64_t{x};
-      return v;
-    }
-    case GgufType::kUint32: {
-      KVFOLD_ASSIGN_OR_RETURN(const uint32_t x, Read<uint32_t>(what));
-      v.value = uint64_t{x};
-      return v;
-    }
-    case GgufType::kInt32: {
-      KVFOLD_ASSIGN_OR_RETURN(const int32_t x, Read<int32_t>(what));
-      v.value = int64_t{x};
-      return v;
-    }
-    case GgufType::kUint64: {
-      KVFOLD_ASSIGN_OR_RETURN(const uint64_t x, Read<uint64_t>(what));
-      v.value = x;
-      return v;
-    }
-    case GgufType::kInt64: {
-      KVFOLD_ASSIGN_OR_RETURN(const int64_t x, Read<int64_t>(what));
-      v.value = x;
-      return v;
-    }
-    case GgufType::kFloat32: {
-      KVFOLD_ASSIGN_OR_RETURN(const float x, Read<float>(what));
-      v.value = double{x};
-      return v;
-    }
-    case GgufType::kFloat64: {
-      KVFOLD_ASSIGN_OR_RETURN(const double x, Read<double>(what));
-      v.value = x;
-      return v;
-    }
+    case GgufType::kUint8:
+      return ReadScalar<uint8_t, uint64_t>(*this, type, what);
+    case GgufType::kInt8:
+      return ReadScalar<int8_t, int64_t>(*this, type, what);
+    case GgufType::kUint16:
+      return ReadScalar<uint16_t, uint64_t>(*this, type, what);
+    case GgufType::kInt16:
+      return ReadScalar<int16_t, int64_t>(*this, type, what);
+    case GgufType::kUint32:
+      return ReadScalar<uint32_t, uint64_t>(*this, type, what);
+    case GgufType::kInt32:
+      return ReadScalar<int32_t, int64_t>(*this, type, what);
+    case GgufType::kUint64:
+      return ReadScalar<uint64_t, uint64_t>(*this, type, what);
+    case GgufType::kInt64:
+      return ReadScalar<int64_t, int64_t>(*this, type, what);
+    case GgufType::kFloat32:
+      return ReadScalar<float, double>(*this, type, what);
+    case GgufType::kFloat64:
+      return ReadScalar<double, double>(*this, type, what);
     case GgufType::kBool: {
       KVFOLD_ASSIGN_OR_RETURN(const uint8_t x, Read<uint8_t>(what));
       if (x > 1) return Error(absl::StrFormat("%s: bool byte %d is not 0 or 1", what, x));
-      v.value = x == 1;
-      return v;
+      return GgufValue{type, x == 1};
     }
     case GgufType::kString: {
       KVFOLD_ASSIGN_OR_RETURN(std::string x, ReadString(what));
-      v.value = std::move(x);
-      return v;
+      return GgufValue{type, std::move(x)};
     }
     case GgufType::kArray: {
       KVFOLD_ASSIGN_OR_RETURN(GgufArray x, ReadArray(what, depth + 1));
-      v.value = std::move(x);
-      return v;
+      return GgufValue{type, std::move(x)};
     }
   }
   return Error(absl::StrFormat("%s: unknown value type", what));

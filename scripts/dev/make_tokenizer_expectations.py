@@ -75,6 +75,24 @@ METASPACE_VARIANTS = {
 }
 
 
+# Split variants whose regexes the tokenizer does not know, so they run on its PCRE2 fallback, with
+# the other delimiter behaviours, invert, and Digits.
+SPLIT_VARIANTS = {
+    "stories260K_split_pcre2": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\p{N}{1,2}|\u2581?\\p{L}+|[^\\s\\p{L}\\p{N}]+"},
+         "behavior": "MergedWithNext", "invert": False},
+        {"type": "Digits", "individual_digits": False}]}},
+    "stories260K_split_invert": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(?i:[aeiou]+)|x*"}, "behavior": "Contiguous",
+         "invert": True},
+        {"type": "Split", "pattern": {"String": "\u2581"}, "behavior": "MergedWithPrevious",
+         "invert": False},
+        {"type": "Split", "pattern": {"Regex": "(?=\\p{Lu})"}, "behavior": "Removed",
+         "invert": False}]}},
+}
+METASPACE_VARIANTS.update(SPLIT_VARIANTS)
+
+
 # Added tokens with lstrip/rstrip/normalized set, on top of stories260K. HF assigns the ids itself
 # ("the" gets 515, not 100) and decodes normalized tokens through their normalized form ("lion"
 # is "\u2581lion", which is then no longer a special token to skip).

@@ -76,6 +76,8 @@ inline std::vector<TokenizerUnderTest> AllTokenizersUnderTest() {
        repo},
       {"stories260K_metaspace_legacy", fixtures + "stories260K_metaspace_legacy.json", repo},
       {"stories260K_added_flags", fixtures + "stories260K_added_flags.json", repo},
+      {"stories260K_split_pcre2", fixtures + "stories260K_split_pcre2.json", repo},
+      {"stories260K_split_invert", fixtures + "stories260K_split_invert.json", repo},
       {"gguf_stories260K_spm", "tests/fixtures/gguf/stories260K_spm.gguf", repo},
       {"gguf_stories260K_spm_no_prefix", "tests/fixtures/gguf/stories260K_spm_no_prefix.gguf",
        repo},
