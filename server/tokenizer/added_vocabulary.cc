@@ -42,9 +42,9 @@ absl::StatusOr<AddedToken> ParseAddedToken(const Json& item, size_t index) {
 
 // HF's AddedVocabulary::add_tokens: an id the vocabulary already gives the content, else one
 // past the largest so far (never below the model's vocab size).
-absl::Status AssignIds(const BpeModel& model, const Normalizer* normalizer,
+absl::Status AssignIds(const Model& model, const Normalizer* normalizer,
                        std::vector<AddedToken>* tokens) {
-  const int64_t model_size = static_cast<int64_t>(model.vocab().size());
+  const int64_t model_size = static_cast<int64_t>(model.VocabSize());
   StringMap<int32_t> assigned;
   std::optional<int64_t> max_id;
   for (AddedToken& token : *tokens) {
@@ -138,17 +138,27 @@ std::vector<Segment> TokenMatcher::Split(std::string_view text) const {
 
 absl::StatusOr<AddedVocabulary> AddedVocabulary::FromJson(const Json* added_tokens,
                                                           const Normalizer* normalizer,
-                                                          const BpeModel& model) {
-  AddedVocabulary vocabulary;
-  if (added_tokens == nullptr) return vocabulary;
+                                                          const Model& model) {
+  std::vector<AddedToken> tokens;
+  if (added_tokens == nullptr) return FromTokens(std::move(tokens), normalizer, model);
   if (!added_tokens->is_array()) {
     return absl::InvalidArgumentError("tokenizer.json \"added_tokens\" must be an array");
   }
   for (size_t i = 0; i < added_tokens->size(); ++i) {
     absl::StatusOr<AddedToken> token = ParseAddedToken((*added_tokens)[i], i);
     if (!token.ok()) return token.status();
-    if (token->content.empty()) continue;  // HF ignores empty tokens
-    vocabulary.tokens_.push_back(*std::move(token));
+    tokens.push_back(*std::move(token));
+  }
+  return FromTokens(std::move(tokens), normalizer, model);
+}
+
+absl::StatusOr<AddedVocabulary> AddedVocabulary::FromTokens(std::vector<AddedToken> tokens,
+                                                            const Normalizer* normalizer,
+                                                            const Model& model) {
+  AddedVocabulary vocabulary;
+  for (AddedToken& token : tokens) {
+    if (token.content.empty()) continue;  // HF ignores empty tokens
+    vocabulary.tokens_.push_back(std::move(token));
   }
   absl::Status status = AssignIds(model, normalizer, &vocabulary.tokens_);
   if (!status.ok()) return status;

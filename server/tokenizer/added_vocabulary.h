@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/tokenizer/bpe_model.h"
 #include "server/tokenizer/json_util.h"
+#include "server/tokenizer/model.h"
 #include "server/tokenizer/normalizer.h"
 
 namespace kvfold::tokenizer_impl {
@@ -71,8 +71,11 @@ class AddedVocabulary {
  public:
   // `added_tokens` is the "added_tokens" array (or null); `normalizer` may be null.
   static absl::StatusOr<AddedVocabulary> FromJson(const Json* added_tokens,
-                                                  const Normalizer* normalizer,
-                                                  const BpeModel& model);
+                                                  const Normalizer* normalizer, const Model& model);
+  // `tokens` in file order, ids as the file has them (reassigned as HF does).
+  static absl::StatusOr<AddedVocabulary> FromTokens(std::vector<AddedToken> tokens,
+                                                    const Normalizer* normalizer,
+                                                    const Model& model);
 
   // In file order; a later token with the same id (a repeated content) overrides an earlier one.
   const std::vector<AddedToken>& tokens() const { return tokens_; }

@@ -4,10 +4,12 @@
 #include <queue>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/tokenizer/byte_level.h"
 #include "server/tokenizer/utf8.h"
 
 namespace kvfold::tokenizer_impl {
@@ -33,6 +35,24 @@ struct LowerRankFirst {
     return a.pos > b.pos;
   }
 };
+
+// Words up to this many bytes are cached; longer ones are rare and costly to key.
+constexpr size_t kMaxCachedWordBytes = 48;
+constexpr size_t kMaxCacheEntries = size_t{1} << 16;
+
+std::atomic<uint64_t> next_cache_id{1};
+
+// The calling thread's cache of word -> ids for one model at a time (switching models clears
+// it). Per thread, so a shared const tokenizer needs no lock.
+struct WordCache {
+  uint64_t owner = 0;
+  StringMap<absl::InlinedVector<int32_t, 4>> entries;
+};
+
+WordCache& ThreadWordCache() {
+  thread_local WordCache cache;
+  return cache;
+}
 
 // HF splits "a b" merge lines on single spaces and wants exactly two parts.
 absl::StatusOr<std::pair<std::string, std::string>> ParseMerge(const Json& item, size_t index) {
@@ -72,6 +92,63 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const Json& config)
   return model;
 }
 
+absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromTokensAndMerges(
+    const std::vector<std::string>& tokens, const std::vector<std::string>& merges) {
+  if (static_cast<int64_t>(tokens.size()) > kMaxTokenId + 1) {
+    return absl::InvalidArgumentError("too many tokens");
+  }
+  std::unique_ptr<BpeModel> model(new BpeModel());
+  model->vocab_.reserve(tokens.size());
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    model->vocab_[tokens[id]] = static_cast<int32_t>(id);
+  }
+  model->IndexVocab();
+  model->merges_.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    absl::StatusOr<std::pair<std::string, std::string>> merge = ParseMerge(Json(merges[i]), i);
+    if (!merge.ok()) return merge.status();
+    absl::Status status = model->AddMerge(merge->first, merge->second, static_cast<int32_t>(i));
+    if (!status.ok()) return status;
+  }
+  return model;
+}
+
+BpeModel::BpeModel() : cache_id_(next_cache_id.fetch_add(1)) {}
+
+void BpeModel::IndexVocab() {
+  int32_t size = 0;
+  for (const auto& [token, id] : vocab_) size = std::max(size, id + 1);
+  id_to_token_.assign(size, std::nullopt);
+  for (const auto& [token, id] : vocab_) id_to_token_[id] = token;
+  for (int b = 0; b < 256; ++b) {
+    byte_ids_[b] = TokenToId(absl::StrFormat("<0x%02X>", b));
+  }
+}
+
+absl::Status BpeModel::SetByteLevelInput() {
+  if (!continuing_subword_prefix_.empty() || !end_of_word_suffix_.empty()) {
+    return absl::UnimplementedError(
+        "model BPE: subword prefixes/suffixes after a ByteLevel pre-tokenizer are not supported");
+  }
+  byte_level_ = true;
+  const std::array<std::string, 256>& alphabet = ByteLevelAlphabet();
+  for (int b = 0; b < 256; ++b) byte_level_ids_[b] = TokenToId(alphabet[b]);
+  if (ignore_merges_) {
+    raw_vocab_.reserve(vocab_.size());
+    for (const auto& [token, id] : vocab_) {
+      if (std::optional<std::string> bytes = ByteLevelToBytes(token)) {
+        raw_vocab_.try_emplace(*std::move(bytes), id);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::optional<std::string_view> BpeModel::IdToToken(int32_t id) const {
+  if (id < 0 || id >= NumIds() || !id_to_token_[id]) return std::nullopt;
+  return std::string_view(*id_to_token_[id]);
+}
+
 absl::Status BpeModel::ReadVocab(const Json& config) {
   const Json* vocab = FindMember(config, "vocab");
   if (vocab == nullptr || !vocab->is_object()) {
@@ -84,9 +161,7 @@ absl::Status BpeModel::ReadVocab(const Json& config) {
     if (!id.ok()) return id.status();
     vocab_[token] = static_cast<int32_t>(*id);
   }
-  for (int b = 0; b < 256; ++b) {
-    byte_ids_[b] = TokenToId(absl::StrFormat("<0x%02X>", b));
-  }
+  IndexVocab();
   return absl::OkStatus();
 }
 
@@ -176,17 +251,64 @@ const BpeModel::MergeTarget* BpeModel::FindMerge(int32_t left, int32_t right) co
 
 void BpeModel::Tokenize(std::string_view word, std::vector<int32_t>* ids) const {
   if (word.empty()) return;
+  if (word.size() > kMaxCachedWordBytes) return TokenizeUncached(word, ids);
+  WordCache& cache = ThreadWordCache();
+  if (cache.owner != cache_id_) {
+    cache.entries.clear();
+    cache.owner = cache_id_;
+  }
+  if (const auto it = cache.entries.find(word); it != cache.entries.end()) {
+    ids->insert(ids->end(), it->second.begin(), it->second.end());
+    return;
+  }
+  const size_t first = ids->size();
+  TokenizeUncached(word, ids);
+  if (cache.entries.size() >= kMaxCacheEntries) cache.entries.clear();
+  cache.entries.try_emplace(word, ids->begin() + first, ids->end());
+}
+
+void BpeModel::TokenizeUncached(std::string_view word, std::vector<int32_t>* ids) const {
   if (ignore_merges_) {
-    if (std::optional<int32_t> id = TokenToId(word)) {
-      ids->push_back(*id);
+    const StringMap<int32_t>& whole = byte_level_ ? raw_vocab_ : vocab_;
+    if (const auto it = whole.find(word); it != whole.end()) {
+      ids->push_back(it->second);
       return;
     }
   }
-  std::vector<Symbol> symbols = InitialSymbols(word);
+  std::vector<Symbol> symbols = byte_level_ ? ByteLevelSymbols(word) : InitialSymbols(word);
   MergeAll(&symbols);
   for (const Symbol& symbol : symbols) {
     if (symbol.len != 0) ids->push_back(symbol.id);
   }
+}
+
+std::vector<BpeModel::Symbol> BpeModel::ByteLevelSymbols(std::string_view word) const {
+  std::vector<Symbol> symbols;
+  symbols.reserve(word.size());
+  // A byte whose character the vocabulary lacks goes the way of any unknown character: <unk>
+  // (fused where asked) or dropped.
+  size_t unk_len = 0;
+  for (const char c : word) {
+    if (const std::optional<int32_t> id = byte_level_ids_[static_cast<unsigned char>(c)]) {
+      if (unk_len > 0) symbols.push_back(Symbol{*unk_id_, 0, 0, unk_len});
+      unk_len = 0;
+      symbols.push_back(Symbol{*id, 0, 0, 1});
+      continue;
+    }
+    if (!unk_id_) continue;
+    if (unk_len > 0 && !fuse_unk_) {
+      symbols.push_back(Symbol{*unk_id_, 0, 0, unk_len});
+      unk_len = 0;
+    }
+    ++unk_len;
+  }
+  if (unk_len > 0) symbols.push_back(Symbol{*unk_id_, 0, 0, unk_len});
+  const int32_t n = static_cast<int32_t>(symbols.size());
+  for (int32_t i = 0; i < n; ++i) {
+    symbols[i].prev = i - 1;
+    symbols[i].next = i + 1 < n ? i + 1 : -1;
+  }
+  return symbols;
 }
 
 std::vector<BpeModel::Symbol> BpeModel::InitialSymbols(std::string_view word) const {

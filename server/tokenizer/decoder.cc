@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "server/tokenizer/byte_level.h"
 #include "server/tokenizer/normalizer.h"
 #include "server/tokenizer/pre_tokenizer.h"
 #include "server/tokenizer/utf8.h"
@@ -63,7 +64,31 @@ class ByteFallbackDecoder : public Decoder {
     flush();
     *tokens = std::move(out);
   }
-  bool JoinsBytePieces() const override { return true; }
+  bool DecodesWithNext(std::string_view token) const override {
+    return BytePieceValue(token).has_value();
+  }
+};
+
+class ByteLevelDecoder : public Decoder {
+ public:
+  void DecodeChain(std::vector<std::string>* tokens) const override {
+    std::string bytes;
+    for (const std::string& token : *tokens) {
+      if (std::optional<std::string> raw = ByteLevelToBytes(token)) {
+        bytes += *raw;
+      } else {
+        bytes += token;
+      }
+    }
+    std::string text;
+    text.reserve(bytes.size());
+    AppendUtf8Lossy(bytes, &text);
+    tokens->assign(1, std::move(text));
+  }
+  bool DecodesWithNext(std::string_view token) const override {
+    std::optional<std::string> raw = ByteLevelToBytes(token);
+    return raw.has_value() && !IsValidUtf8(*raw);
+  }
 };
 
 class FuseDecoder : public Decoder {
@@ -123,9 +148,9 @@ class SequenceDecoder : public Decoder {
   void DecodeChain(std::vector<std::string>* tokens) const override {
     for (const auto& step : steps_) step->DecodeChain(tokens);
   }
-  bool JoinsBytePieces() const override {
+  bool DecodesWithNext(std::string_view token) const override {
     for (const auto& step : steps_) {
-      if (step->JoinsBytePieces()) return true;
+      if (step->DecodesWithNext(token)) return true;
     }
     return false;
   }
@@ -168,6 +193,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeMetaspace(const Json& config) {
 
 }  // namespace
 
+std::unique_ptr<Decoder> MakeByteLevelDecoder() { return std::make_unique<ByteLevelDecoder>(); }
+
 std::optional<unsigned char> BytePieceValue(std::string_view token) {
   if (token.size() != 6 || !token.starts_with("<0x") || token.back() != '>') return std::nullopt;
   // Rust's u8::from_str_radix, which HF uses here, also accepts a leading '+'.
@@ -186,6 +213,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> MakeDecoder(const Json& config) {
   if (*type == "Fuse") return std::make_unique<FuseDecoder>();
   if (*type == "Strip") return MakeStrip(config);
   if (*type == "Metaspace") return MakeMetaspace(config);
+  if (*type == "ByteLevel") return MakeByteLevelDecoder();
   return absl::UnimplementedError(
       absl::StrFormat("tokenizer.json decoder \"%s\" is not supported yet", *type));
 }

@@ -19,11 +19,13 @@ PipelineTokenizer::PipelineTokenizer(Pipeline pipeline, const SpecialTokenNames&
 }
 
 void PipelineTokenizer::BuildIdTables() {
-  int32_t size = 0;
-  for (const auto& [token, id] : pipeline_.model->vocab()) size = std::max(size, id + 1);
+  const Model& model = *pipeline_.model;
+  int32_t size = model.NumIds();
   for (const AddedToken& token : pipeline_.added.tokens()) size = std::max(size, token.id + 1);
   id_to_token_.assign(size, std::nullopt);
-  for (const auto& [token, id] : pipeline_.model->vocab()) id_to_token_[id] = token;
+  for (int32_t id = 0; id < model.NumIds(); ++id) {
+    if (std::optional<std::string_view> token = model.IdToToken(id)) id_to_token_[id] = *token;
+  }
   // Added tokens take precedence, as in HF's id_to_token; a normalized token's string wins over
   // a plain one for the same id, as HF's normalized cache does.
   StringSet special_contents;
@@ -35,13 +37,13 @@ void PipelineTokenizer::BuildIdTables() {
     added_ids_.try_emplace(token.content, token.id);
     if (token.special) special_contents.insert(token.content);
   }
-  const bool joins_bytes = pipeline_.decoder != nullptr && pipeline_.decoder->JoinsBytePieces();
   special_.assign(size, false);
   byte_piece_.assign(size, false);
   for (int32_t id = 0; id < size; ++id) {
     if (!id_to_token_[id]) continue;
     special_[id] = special_contents.contains(*id_to_token_[id]);
-    byte_piece_[id] = joins_bytes && BytePieceValue(*id_to_token_[id]).has_value();
+    byte_piece_[id] =
+        pipeline_.decoder != nullptr && pipeline_.decoder->DecodesWithNext(*id_to_token_[id]);
   }
 }
 

@@ -13,8 +13,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "server/tokenizer/added_vocabulary.h"
-#include "server/tokenizer/bpe_model.h"
 #include "server/tokenizer/decoder.h"
+#include "server/tokenizer/model.h"
 #include "server/tokenizer/normalizer.h"
 #include "server/tokenizer/post_processor.h"
 #include "server/tokenizer/pre_tokenizer.h"
@@ -27,7 +27,7 @@ namespace kvfold::tokenizer_impl {
 struct Pipeline {
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
-  std::unique_ptr<BpeModel> model;
+  std::unique_ptr<Model> model;
   AddedVocabulary added;
   std::unique_ptr<PostProcessor> post_processor;
   std::unique_ptr<Decoder> decoder;

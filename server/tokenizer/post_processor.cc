@@ -101,6 +101,13 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakeTemplate(const Json& config) 
   return std::make_unique<TemplateProcessor>(std::move(prefix), std::move(suffix));
 }
 
+// ByteLevel's post-processing only trims offsets, which ids do not carry: nothing to do.
+class ByteLevelProcessor : public PostProcessor {
+ public:
+  void AddSpecialTokens(std::vector<int32_t>* ids) const override {}
+  std::optional<int32_t> FirstPrefixId() const override { return std::nullopt; }
+};
+
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakeSequence(const Json& config) {
   return MakeSequenceOf<SequenceProcessor>(config, "post_processor", "processors",
                                            &MakePostProcessor);
@@ -108,11 +115,17 @@ absl::StatusOr<std::unique_ptr<PostProcessor>> MakeSequence(const Json& config) 
 
 }  // namespace
 
+std::unique_ptr<PostProcessor> MakeTemplateProcessor(std::vector<int32_t> prefix,
+                                                     std::vector<int32_t> suffix) {
+  return std::make_unique<TemplateProcessor>(std::move(prefix), std::move(suffix));
+}
+
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(const Json& config) {
   absl::StatusOr<std::string> type = ComponentType(config, "post_processor");
   if (!type.ok()) return type.status();
   if (*type == "TemplateProcessing") return MakeTemplate(config);
   if (*type == "Sequence") return MakeSequence(config);
+  if (*type == "ByteLevel") return std::make_unique<ByteLevelProcessor>();
   return absl::UnimplementedError(
       absl::StrFormat("tokenizer.json post_processor \"%s\" is not supported yet", *type));
 }

@@ -1,6 +1,6 @@
 // tokenizer.json "post_processor" stage: adds the special tokens around an encoded sequence when
-// add_special_tokens is set. Supported: TemplateProcessing (single sequences) and Sequence of
-// those; ByteLevel/Bert/Roberta processors are UnimplementedError for now.
+// add_special_tokens is set. Supported: TemplateProcessing (single sequences), ByteLevel (nothing
+// to do for ids) and Sequence of those; Bert/Roberta processors are UnimplementedError for now.
 #pragma once
 
 #include <cstdint>
@@ -24,5 +24,9 @@ class PostProcessor {
 
 // `config` is the non-null "post_processor" value.
 absl::StatusOr<std::unique_ptr<PostProcessor>> MakePostProcessor(const Json& config);
+
+// A template with `prefix` ids before the sequence and `suffix` ids after it.
+std::unique_ptr<PostProcessor> MakeTemplateProcessor(std::vector<int32_t> prefix,
+                                                     std::vector<int32_t> suffix);
 
 }  // namespace kvfold::tokenizer_impl

@@ -60,6 +60,16 @@ class SequencePreTokenizer : public PreTokenizer {
   void PreTokenize(std::vector<Piece>* pieces) const override {
     for (const auto& step : steps_) step->PreTokenize(pieces);
   }
+  bool MapsToByteLevel() const override {
+    return !steps_.empty() && steps_.back()->MapsToByteLevel();
+  }
+  // The first step that ByteLevel's deferred mapping would wrongly skip, if any.
+  bool HasStepAfterByteLevel() const {
+    for (size_t i = 0; i + 1 < steps_.size(); ++i) {
+      if (steps_[i]->MapsToByteLevel()) return true;
+    }
+    return false;
+  }
 
  private:
   std::vector<std::unique_ptr<PreTokenizer>> steps_;
@@ -77,8 +87,14 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> MakeMetaspace(const Json& config) 
 }
 
 absl::StatusOr<std::unique_ptr<PreTokenizer>> MakeSequence(const Json& config) {
-  return MakeSequenceOf<SequencePreTokenizer>(config, "pre_tokenizer", "pretokenizers",
-                                              &MakePreTokenizer);
+  absl::StatusOr<std::unique_ptr<PreTokenizer>> sequence = MakeSequenceOf<SequencePreTokenizer>(
+      config, "pre_tokenizer", "pretokenizers", &MakePreTokenizer);
+  if (sequence.ok() &&
+      static_cast<const SequencePreTokenizer&>(**sequence).HasStepAfterByteLevel()) {
+    return absl::UnimplementedError(
+        "pre_tokenizer Sequence: steps after ByteLevel are not supported yet");
+  }
+  return sequence;
 }
 
 }  // namespace
@@ -104,11 +120,19 @@ absl::StatusOr<PrependScheme> ReadPrependScheme(const Json& config, std::string_
       absl::StrFormat("%s: unknown prepend_scheme \"%s\"", where, **scheme));
 }
 
+std::unique_ptr<PreTokenizer> MakePreTokenizerSequence(
+    std::vector<std::unique_ptr<PreTokenizer>> steps) {
+  return std::make_unique<SequencePreTokenizer>(std::move(steps));
+}
+
 absl::StatusOr<std::unique_ptr<PreTokenizer>> MakePreTokenizer(const Json& config) {
   absl::StatusOr<std::string> type = ComponentType(config, "pre_tokenizer");
   if (!type.ok()) return type.status();
   if (*type == "Metaspace") return MakeMetaspace(config);
   if (*type == "Sequence") return MakeSequence(config);
+  if (*type == "Split") return MakeSplit(config);
+  if (*type == "Digits") return MakeDigits(config);
+  if (*type == "ByteLevel") return MakeByteLevel(config);
   return absl::UnimplementedError(
       absl::StrFormat("tokenizer.json pre_tokenizer \"%s\" is not supported yet", *type));
 }

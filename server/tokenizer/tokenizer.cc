@@ -6,10 +6,13 @@
 #include <fstream>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
+#include "server/tokenizer/bpe_model.h"
+#include "server/tokenizer/gguf_tokenizer.h"
 #include "server/tokenizer/json_util.h"
 #include "server/tokenizer/pipeline_tokenizer.h"
 
@@ -68,6 +71,10 @@ absl::StatusOr<Pipeline> BuildPipeline(const Json& root) {
   if (status.ok()) {
     status = BuildStage(root, "decoder", tokenizer_impl::MakeDecoder, &pipeline.decoder);
   }
+  if (status.ok() && pipeline.pre_tokenizer != nullptr &&
+      pipeline.pre_tokenizer->MapsToByteLevel()) {
+    status = pipeline.model->SetByteLevelInput();
+  }
   if (!status.ok()) return status;
   absl::StatusOr<tokenizer_impl::AddedVocabulary> added = tokenizer_impl::AddedVocabulary::FromJson(
       tokenizer_impl::FindMember(root, "added_tokens"), pipeline.normalizer.get(), *pipeline.model);
@@ -121,12 +128,40 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Build(std::string_view json, std::str
   return std::make_unique<tokenizer_impl::PipelineTokenizer>(*std::move(pipeline), names);
 }
 
+bool IsGguf(const std::filesystem::path& file) {
+  if (file.extension() == ".gguf") return true;
+  std::ifstream in(file, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string_view(magic, 4) == "GGUF";
+}
+
+// A folder stands for its tokenizer.json, or else for its only .gguf file.
+absl::StatusOr<std::filesystem::path> ResolveTokenizerFile(const std::string& path) {
+  std::filesystem::path file(path);
+  std::error_code error;
+  if (!std::filesystem::is_directory(file, error)) return file;
+  if (std::filesystem::exists(file / "tokenizer.json", error)) return file / "tokenizer.json";
+  std::vector<std::filesystem::path> ggufs;
+  for (const auto& entry : std::filesystem::directory_iterator(file, error)) {
+    if (entry.path().extension() == ".gguf") ggufs.push_back(entry.path());
+  }
+  if (ggufs.size() == 1) return ggufs[0];
+  if (ggufs.empty()) {
+    return absl::NotFoundError(
+        absl::StrFormat("%s has no tokenizer.json and no .gguf file", file.string()));
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s has no tokenizer.json and %d .gguf files; name one", file.string(), ggufs.size()));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
-  std::filesystem::path file(path);
+  absl::StatusOr<std::filesystem::path> resolved = ResolveTokenizerFile(path);
+  if (!resolved.ok()) return resolved.status();
+  const std::filesystem::path& file = *resolved;
+  if (IsGguf(file)) return tokenizer_impl::TokenizerFromGguf(file.string());
   std::error_code error;
-  if (std::filesystem::is_directory(file, error)) file /= "tokenizer.json";
   absl::StatusOr<std::string> json = ReadFile(file);
   if (!json.ok()) return json.status();
   SpecialTokenNames names;

@@ -1,8 +1,8 @@
 // Text <-> token ids for a model, read from Hugging Face's tokenizer.json. Native C++, no Python
 // at serving time. Families are assembled from tokenizer.json's pipeline stages (normalizer,
-// pre-tokenizer, model, post-processor, decoder); this first version covers SentencePiece-style
-// BPE with byte fallback (Llama 2, Mistral, stories260K). Byte-level BPE (GPT-2, Llama 3, Qwen)
-// and GGUF-embedded vocabularies slot in behind the same interface.
+// pre-tokenizer, model, post-processor, decoder): SentencePiece-style BPE with byte fallback
+// (Llama 2, Mistral, stories260K) and byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen 2/3). GGUF
+// files' embedded vocabularies (gpt2 and llama types) build the same pipeline.
 #pragma once
 
 #include <cstdint>
@@ -21,8 +21,9 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // `path`: a tokenizer.json file, or a folder holding one. bos/eos come from a
-  // tokenizer_config.json beside it when there is one ("bos_token"/"eos_token").
+  // `path`: a tokenizer.json file, a .gguf file (its embedded vocabulary, see gguf_tokenizer.h),
+  // or a folder holding a tokenizer.json (else exactly one .gguf). For tokenizer.json, bos/eos
+  // come from a tokenizer_config.json beside it when there is one ("bos_token"/"eos_token").
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
   // `source` names the origin in errors. Without a tokenizer_config.json, bos is the first special
   // token the post-processor adds (else "<s>") and eos is "</s>", where the vocabulary has them.

@@ -2,38 +2,66 @@
 
 namespace kvfold {
 
+namespace {
+
+// The length of the well-formed character at s[i] (1 for ASCII), or, when it is ill-formed, 0 and
+// in *subpart the length of its maximal ill-formed subpart (at least 1).
+size_t ValidCharLength(const unsigned char* s, size_t n, size_t i, size_t* subpart) {
+  const unsigned char c = s[i];
+  if (c < 0x80) return 1;
+  size_t len = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // overlong
+    if (c == 0xED) hi = 0x9F;  // surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;  // overlong
+    if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+  } else {
+    *subpart = 1;
+    return 0;
+  }
+  size_t k = 1;
+  if (i + k < n && s[i + k] >= lo && s[i + k] <= hi) {
+    for (++k; k < len && i + k < n && s[i + k] >= 0x80 && s[i + k] <= 0xBF;) ++k;
+  }
+  if (k == len) return len;
+  *subpart = k;
+  return 0;
+}
+
+}  // namespace
+
 std::optional<size_t> FirstInvalidUtf8Offset(std::string_view text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + len > n || s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k) {
-      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
-    }
+  size_t subpart = 0;
+  for (size_t i = 0; i < n;) {
+    const size_t len = ValidCharLength(s, n, i, &subpart);
+    if (len == 0) return i;
     i += len;
   }
   return std::nullopt;
+}
+
+void tokenizer_impl::AppendUtf8Lossy(std::string_view bytes, std::string* out) {
+  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  size_t subpart = 0;
+  for (size_t i = 0; i < n;) {
+    const size_t len = ValidCharLength(s, n, i, &subpart);
+    if (len > 0) {
+      out->append(bytes.substr(i, len));
+      i += len;
+    } else {
+      out->append("\xEF\xBF\xBD");  // U+FFFD
+      i += subpart;
+    }
+  }
 }
 
 bool IsValidUtf8(std::string_view text) { return !FirstInvalidUtf8Offset(text).has_value(); }

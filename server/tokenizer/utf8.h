@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace kvfold {
@@ -41,6 +42,10 @@ size_t TrailingWhitespaceStart(std::string_view text);
 
 // True when `text` is exactly one UTF-8 character.
 bool IsSingleCharacter(std::string_view text);
+
+// Appends `bytes` as text, each maximal ill-formed subsequence replaced by one U+FFFD: Rust's
+// String::from_utf8_lossy (and Unicode's recommended practice), which HF's ByteLevel decoder uses.
+void AppendUtf8Lossy(std::string_view bytes, std::string* out);
 
 }  // namespace tokenizer_impl
 }  // namespace kvfold

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -42,12 +44,22 @@ struct Expectations {
   std::vector<DecodeCase> decodes;
 };
 
-// One tokenizer under test: its fixture name and where its tokenizer.json lives.
+// Where a tokenizer under test lives: in the repository, in ../shared, or in the model cache
+// (~/.cache/kvfold, which scripts/setup.sh fills).
+enum class Location { kRepository, kShared, kCache };
+
+// One tokenizer under test: its fixture name and where its tokenizer.json (or .gguf) lives.
 struct TokenizerUnderTest {
   std::string name;  // expected_<name>.json
-  std::string path;  // relative to the repository, or to ../shared when `shared`
-  bool shared = false;
+  std::string path;  // relative to its location
+  Location location = Location::kRepository;
 };
+
+// The model cache that scripts/setup.sh fills: $HOME/.cache/kvfold.
+inline std::string ModelCachePath(const std::string& relative) {
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr ? home : "") + "/.cache/kvfold/" + relative;
+}
 
 // Keeps gtest from printing the struct's bytes in test names.
 inline void PrintTo(const TokenizerUnderTest& under_test, std::ostream* os) {
@@ -56,15 +68,24 @@ inline void PrintTo(const TokenizerUnderTest& under_test, std::ostream* os) {
 
 inline std::vector<TokenizerUnderTest> AllTokenizersUnderTest() {
   const std::string fixtures = "tests/fixtures/tokenizer/";
+  const Location repo = Location::kRepository, shared = Location::kShared;
   return {
-      {"stories260K", "models/stories260K/tokenizer.json", false},
-      {"stories260K_metaspace_first", fixtures + "stories260K_metaspace_first.json", false},
+      {"stories260K", "models/stories260K/tokenizer.json", repo},
+      {"stories260K_metaspace_first", fixtures + "stories260K_metaspace_first.json", repo},
       {"stories260K_metaspace_always_split", fixtures + "stories260K_metaspace_always_split.json",
-       false},
-      {"stories260K_metaspace_legacy", fixtures + "stories260K_metaspace_legacy.json", false},
-      {"stories260K_added_flags", fixtures + "stories260K_added_flags.json", false},
-      {"llama2", "tokenizers/llama2/tokenizer.json", true},
-      {"mistral", "tokenizers/mistral/tokenizer.json", true},
+       repo},
+      {"stories260K_metaspace_legacy", fixtures + "stories260K_metaspace_legacy.json", repo},
+      {"stories260K_added_flags", fixtures + "stories260K_added_flags.json", repo},
+      {"stories260K_split_pcre2", fixtures + "stories260K_split_pcre2.json", repo},
+      {"stories260K_split_invert", fixtures + "stories260K_split_invert.json", repo},
+      {"gguf_stories260K_spm", "tests/fixtures/gguf/stories260K_spm.gguf", repo},
+      {"gguf_stories260K_spm_no_prefix", "tests/fixtures/gguf/stories260K_spm_no_prefix.gguf",
+       repo},
+      {"llama2", "tokenizers/llama2/tokenizer.json", shared},
+      {"mistral", "tokenizers/mistral/tokenizer.json", shared},
+      {"llama3", "tokenizers/llama3/tokenizer.json", shared},
+      {"qwen3", "tokenizers/qwen3/tokenizer.json", shared},
+      {"smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", Location::kCache},
   };
 }
 
@@ -103,15 +124,20 @@ inline Expectations LoadExpectations(const std::string& name) {
 }
 
 // A fixture over AllTokenizersUnderTest(): SetUp loads the parameter's tokenizer and its
-// expectations, skipping the test when a shared tokenizer is absent.
+// expectations, skipping the test when a shared or cached tokenizer is absent.
 class TokenizerUnderTestFixture : public ::testing::TestWithParam<TokenizerUnderTest> {
  protected:
   void SetUp() override {
     const TokenizerUnderTest& under_test = GetParam();
     std::string path = SourcePath(under_test.path);
-    if (under_test.shared) {
+    if (under_test.location == Location::kShared) {
       KVFOLD_REQUIRE_SHARED(shared_path, under_test.path);
       path = shared_path;
+    } else if (under_test.location == Location::kCache) {
+      path = ModelCachePath(under_test.path);
+      if (!std::filesystem::exists(path)) {
+        GTEST_SKIP() << path << " is absent (scripts/setup.sh fetches it); skipped";
+      }
     }
     absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();

@@ -86,12 +86,14 @@ TEST(TokenizerLoadTest, UnsupportedComponentsAreUnimplementedAndNamed) {
     return LoadStatus(json);
   };
   const Json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}};
+  const Json digits = {{"type", "Digits"}, {"individual_digits", true}};
   const std::vector<std::pair<std::string, absl::Status>> cases = {
-      {"NFC", mutate([](Json& j) {
-         j["normalizer"] = {{"type", "NFC"}};
+      {"NFKC", mutate([](Json& j) {
+         j["normalizer"] = {{"type", "NFKC"}};
        })},
-      {"ByteLevel", mutate([&](Json& j) { j["pre_tokenizer"] = byte_level; })},
-      {"ByteLevel", mutate([&](Json& j) { j["decoder"] = byte_level; })},
+      {"after ByteLevel", mutate([&](Json& j) {
+         j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {byte_level, digits}}};
+       })},
       {"RobertaProcessing", mutate([](Json& j) {
          j["post_processor"] = {{"type", "RobertaProcessing"}};
        })},
@@ -108,14 +110,29 @@ TEST(TokenizerLoadTest, UnsupportedComponentsAreUnimplementedAndNamed) {
   }
 }
 
-// Byte-level BPE families load once their issue lands; until then they fail clearly.
-TEST(TokenizerLoadTest, ByteLevelFamiliesAreUnimplementedForNow) {
-  for (const char* name : {"llama3", "qwen3"}) {
-    const std::string relative = std::string("tokenizers/") + name + "/tokenizer.json";
-    KVFOLD_REQUIRE_SHARED(path, relative);
-    absl::Status status = Tokenizer::FromFile(path).status();
-    EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
-  }
+// Byte-level BPE families: bos/eos from their tokenizer_config.json (Qwen has no bos).
+TEST(TokenizerLoadTest, ByteLevelFamiliesLoadWithTheirSpecialTokens) {
+  KVFOLD_REQUIRE_SHARED(llama3_path, "tokenizers/llama3");
+  auto llama3 = Tokenizer::FromFile(llama3_path);
+  ASSERT_TRUE(llama3.ok()) << llama3.status();
+  EXPECT_EQ((*llama3)->bos_id(), 128000);
+  EXPECT_EQ((*llama3)->eos_id(), 128009);  // <|eot_id|>
+  KVFOLD_REQUIRE_SHARED(qwen3_path, "tokenizers/qwen3");
+  auto qwen3 = Tokenizer::FromFile(qwen3_path);
+  ASSERT_TRUE(qwen3.ok()) << qwen3.status();
+  EXPECT_EQ((*qwen3)->bos_id(), std::nullopt);
+  EXPECT_EQ((*qwen3)->eos_id(), 151645);  // <|im_end|>
+}
+
+TEST(TokenizerLoadTest, BadSplitRegexIsInvalidArgumentNamingIt) {
+  Json json = Stories260KJson();
+  json["pre_tokenizer"] = {{"type", "Split"},
+                           {"pattern", {{"Regex", "(unclosed"}}},
+                           {"behavior", "Isolated"},
+                           {"invert", false}};
+  absl::Status status = LoadStatus(json);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(status.message(), HasSubstr("(unclosed"));
 }
 
 TEST(TokenizerLoadTest, MergesAsPairsReadLikeMergesAsStrings) {
