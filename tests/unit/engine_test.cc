@@ -92,7 +92,7 @@ class Collector {
 TEST(EngineTest, ConcurrentSubmittersAndAbortersFinishEveryRequestOnce) {
   constexpr int kNumThreads = 6;
   constexpr int kPerThread = 40;
-  constexpr int32_t kNumBlocks = 48;  // tight: forces preemption
+  constexpr int32_t kNumBlocks = 48;  // tight: usually preempts
   FakeExecutor executor(kNumBlocks, kBlockSize);
   executor.set_delay(std::chrono::microseconds(50));
   Collector collector;
@@ -134,8 +134,8 @@ TEST(EngineTest, ConcurrentSubmittersAndAbortersFinishEveryRequestOnce) {
     EXPECT_EQ(stats.num_running + stats.num_waiting, 0);
     EXPECT_EQ(stats.num_free_blocks, kNumBlocks);
     EXPECT_GT(stats.num_steps, 0);
-    EXPECT_GT(stats.prefix_cache_hits, 0);
-    EXPECT_GT(stats.num_preemptions, 0);
+    // Whether this run preempted or hit the prefix cache depends on thread timing; both are
+    // asserted deterministically in scheduler_test.cc and engine_batch_invariance_test.cc.
   }
   const std::map<RequestId, Stream> streams = collector.streams();
   ASSERT_EQ(streams.size(), requests.size());
