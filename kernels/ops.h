@@ -66,7 +66,8 @@ class Tensor {
 };
 
 // One layer's paged KV cache. K and V are each [num_blocks * block_size, num_kv_heads * head_dim]:
-// the row of token slot `block_id * block_size + offset`.
+// the row of token slot `block_id * block_size + offset`. Both are F32 or both BF16 (written
+// rounded to nearest even, read back into F32 arithmetic).
 struct KvCacheLayer {
   TensorView k;
   TensorView v;
@@ -118,7 +119,8 @@ class Ops {
   // Rotates each head of x [n, num_heads * head_dim] in place by its token's position.
   virtual void Rope(TensorView x, int num_heads, int head_dim, absl::Span<const int32_t> positions,
                     const RopeTable& table) = 0;
-  // Writes row i of k and v to cache slot batch.slot_mapping[i].
+  // Writes row i of k and v (F32) to cache slot batch.slot_mapping[i], converting to the cache's
+  // dtype.
   virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                        const KvCacheLayer& cache) = 0;
   // Causal attention of q [n, num_heads * head_dim] over the paged cache; GQA/MQA when

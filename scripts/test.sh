@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kvfold and runs every test: one Release build (unit, golden, end-to-end, fuzz-corpus
-# replay; GPU tests skip without a GPU), then an ASan/UBSan build of the unit tests.
+# replay; GPU tests skip without a GPU), then an ASan/UBSan build of the unit tests, then a TSan
+# build of the scheduler's tests (the engine loop's threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -15,3 +16,8 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFOLD_CUD
   -DKVFOLD_BENCH=OFF -DKVFOLD_SANITIZE=address,undefined -DKVFOLD_TEST_LAYERS=unit
 cmake --build build-asan -j "$jobs" --target kvfold_unit_tests
 ctest --test-dir build-asan --output-on-failure -j "$jobs" -L unit
+
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFOLD_CUDA=OFF \
+  -DKVFOLD_BENCH=OFF -DKVFOLD_SANITIZE=thread -DKVFOLD_TEST_LAYERS=unit
+cmake --build build-tsan -j "$jobs" --target kvfold_scheduler_tests
+ctest --test-dir build-tsan --output-on-failure -j "$jobs" -R '^(BlockManagerTest|SchedulerTest|EngineTest)\.'

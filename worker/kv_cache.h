@@ -2,20 +2,41 @@
 // scheduler hands out block ids; the worker owns the memory.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "kernels/ops.h"
 #include "worker/model_config.h"
 
 namespace kvfold {
 
+// What one layer stores per token. Every layer is full attention today; attention plans (share,
+// cluster, drop, kv_from) will store fewer heads, or none, in some layers.
+struct KvLayerShape {
+  int k_heads = 0;
+  int v_heads = 0;
+  int head_dim = 0;
+};
+
+// One entry per layer of `config`.
+std::vector<KvLayerShape> KvLayerShapes(const ModelConfig& config);
+
+// Σ_layers (k_heads + v_heads) · head_dim · dtype bytes: the one place this formula lives.
+size_t KvBytesPerToken(absl::Span<const KvLayerShape> layers, DType dtype);
+
 class KvCache {
  public:
-  // num_blocks blocks of block_size tokens for every layer of `config`, on `ops`'s device.
-  KvCache(Ops& ops, const ModelConfig& config, int32_t num_blocks, int32_t block_size);
+  // num_blocks blocks of block_size tokens for every layer of `config`, on `ops`'s device, with
+  // K/V stored as `dtype` (F32 or BF16).
+  KvCache(Ops& ops, const ModelConfig& config, int32_t num_blocks, int32_t block_size,
+          DType dtype = DType::kF32);
 
   int32_t num_blocks() const { return num_blocks_; }
   int32_t block_size() const { return block_size_; }
+  DType dtype() const { return dtype_; }
+  int num_layers() const { return static_cast<int>(shapes_.size()); }
   KvCacheLayer layer(int index) const;
   // Bytes one token occupies across all layers.
   static size_t BytesPerToken(const ModelConfig& config, DType dtype);
@@ -23,8 +44,8 @@ class KvCache {
  private:
   int32_t num_blocks_;
   int32_t block_size_;
-  int32_t num_kv_heads_;
-  int32_t head_dim_;
+  DType dtype_;
+  std::vector<KvLayerShape> shapes_;
   std::vector<Tensor> k_;
   std::vector<Tensor> v_;
 };

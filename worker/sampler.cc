@@ -21,6 +21,14 @@ int32_t ArgMax(absl::Span<const float> logits) {
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+float LogProbability(absl::Span<const float> logits, int32_t token) {
+  CHECK(token >= 0 && static_cast<size_t>(token) < logits.size());
+  const float max_logit = logits[ArgMax(logits)];
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l - max_logit));
+  return static_cast<float>(static_cast<double>(logits[token] - max_logit) - std::log(sum));
+}
+
 int32_t Sample(absl::Span<const float> logits, const SamplingParams& params, uint64_t position) {
   if (params.temperature <= 0.0f) return ArgMax(logits);
   const float max_logit = logits[ArgMax(logits)];

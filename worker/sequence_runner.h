@@ -16,8 +16,8 @@ class SequenceRunner {
  public:
   static constexpr int32_t kBlockSize = 16;
 
-  // Room for max_tokens tokens (prompt and output).
-  SequenceRunner(LlamaModel& model, Ops& ops, int32_t max_tokens);
+  // Room for max_tokens tokens (prompt and output), K/V stored as `kv_dtype`.
+  SequenceRunner(LlamaModel& model, Ops& ops, int32_t max_tokens, DType kv_dtype = DType::kF32);
 
   // Appends `token_ids` to the sequence and returns the logits of every new position
   // ([token_ids.size() x vocab], row-major) when all_logits, else of the last one only.

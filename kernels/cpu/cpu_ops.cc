@@ -34,6 +34,15 @@ void CheckSameShape(const TensorView& a, const TensorView& b) {
                                               << "] vs [" << b.rows << ", " << b.cols << "]";
 }
 
+// K and V: same shape, both F32 or both BF16, rows of num_kv_heads * head_dim.
+void CheckCache(const KvCacheLayer& cache) {
+  CheckSameShape(cache.k, cache.v);
+  CHECK(cache.k.dtype == cache.v.dtype) << "K and V caches differ in dtype";
+  CHECK(cache.k.dtype == DType::kF32 || cache.k.dtype == DType::kBF16)
+      << "KV cache dtype " << DTypeName(cache.k.dtype) << " is not F32 or BF16";
+  CHECK_EQ(cache.k.cols, static_cast<int64_t>(cache.num_kv_heads) * cache.head_dim);
+}
+
 class CpuOps final : public Ops {
  public:
   explicit CpuOps(int num_threads) : pool_(num_threads) {}
@@ -126,20 +135,33 @@ class CpuOps final : public Ops {
   void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                const KvCacheLayer& cache) override {
     CheckSameShape(k, v);
+    CheckCache(cache);
     CHECK_EQ(k.cols, cache.k.cols);
     CHECK_EQ(static_cast<int64_t>(batch.slot_mapping.size()), k.rows);
-    const size_t row_bytes = k.cols * sizeof(float);
+    const int64_t cols = k.cols;
     for (int64_t r = 0; r < k.rows; ++r) {
       const int64_t slot = batch.slot_mapping[r];
       CHECK(slot >= 0 && slot < cache.k.rows) << "slot " << slot << " out of range";
-      std::memcpy(cache.k.f32() + slot * cache.k.cols, k.f32() + r * k.cols, row_bytes);
-      std::memcpy(cache.v.f32() + slot * cache.v.cols, v.f32() + r * v.cols, row_bytes);
+      const float* k_row = k.f32() + r * cols;
+      const float* v_row = v.f32() + r * cols;
+      if (cache.k.dtype == DType::kBF16) {
+        uint16_t* k_dst = static_cast<uint16_t*>(cache.k.data) + slot * cols;
+        uint16_t* v_dst = static_cast<uint16_t*>(cache.v.data) + slot * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          k_dst[c] = cpu::F32ToBf16(k_row[c]);
+          v_dst[c] = cpu::F32ToBf16(v_row[c]);
+        }
+      } else {
+        std::memcpy(cache.k.f32() + slot * cols, k_row, cols * sizeof(float));
+        std::memcpy(cache.v.f32() + slot * cols, v_row, cols * sizeof(float));
+      }
     }
   }
 
   void PagedAttention(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
                       int num_heads, float scale, TensorView out) override {
     CheckSameShape(q, out);
+    CheckCache(cache);
     CHECK_EQ(q.cols, static_cast<int64_t>(num_heads) * cache.head_dim);
     CHECK_EQ(num_heads % cache.num_kv_heads, 0);
     CHECK_EQ(static_cast<int64_t>(batch.query_start.size()), batch.num_seqs() + 1);

@@ -37,7 +37,7 @@ inline float F16ToF32(uint16_t h) {
   return f;
 }
 
-// Round-to-nearest-even F32 -> BF16 (used for tests and KV storage later).
+// Round-to-nearest-even F32 -> BF16 (KV cache storage; NaN stays NaN).
 inline uint16_t F32ToBf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof(bits));

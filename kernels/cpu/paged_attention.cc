@@ -18,14 +18,23 @@ QueryRow LocateQueryRow(const AttentionBatch& batch, int64_t row) {
   return {seq, batch.context_len[seq] - q_len + j};
 }
 
-KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cache,
-                                   const AttentionBatch& batch, int num_heads, float scale,
-                                   int64_t task_begin, int64_t task_end, TensorView out) {
+namespace {
+
+// The body of AttendTasks for one cache dtype. Inlined into each ISA clone of AttendTasks, so the
+// clone's instruction set applies; the reduction order is the same whatever the dtype.
+template <typename Load>
+__attribute__((always_inline)) inline void AttendTasksAs(const TensorView& q,
+                                                         const KvCacheLayer& cache,
+                                                         const AttentionBatch& batch, int num_heads,
+                                                         float scale, int64_t task_begin,
+                                                         int64_t task_end, TensorView out) {
+  const Load load;
   const int d = cache.head_dim;
   const int group = num_heads / cache.num_kv_heads;
   const int64_t kv_stride = static_cast<int64_t>(cache.num_kv_heads) * d;
-  const float* k_cache = cache.k.f32();
-  const float* v_cache = cache.v.f32();
+  const size_t elem = DTypeSize(cache.k.dtype);
+  const char* k_cache = static_cast<const char*>(cache.k.data);
+  const char* v_cache = static_cast<const char*>(cache.v.data);
   const int32_t bs = cache.block_size;
   thread_local std::vector<float> scores;
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -41,9 +50,10 @@ KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cach
     // Walk the context block by block: token t of block b sits at row blocks[b] * bs + t % bs.
     float max_score = -std::numeric_limits<float>::infinity();
     for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
-      const float* k = k_cache + static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
+      const int64_t base = static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
       for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
-        scores[t0 + i] = Dot(q_row, k + i * kv_stride, d, LoadF32()) * scale;
+        const void* k = k_cache + (base + i * kv_stride) * elem;
+        scores[t0 + i] = Dot(q_row, k, d, load) * scale;
         max_score = std::max(max_score, scores[t0 + i]);
       }
     }
@@ -55,15 +65,27 @@ KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cach
     float* o = out.f32() + row * out.cols + static_cast<int64_t>(head) * d;
     std::fill(o, o + d, 0.0f);
     for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
-      const float* v = v_cache + static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
+      const int64_t base = static_cast<int64_t>(blocks[b]) * bs * kv_stride + head_offset;
       for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
         const float p = scores[t0 + i];
-        const float* vr = v + i * kv_stride;
-        for (int j = 0; j < d; ++j) o[j] += p * vr[j];
+        const void* vr = v_cache + (base + i * kv_stride) * elem;
+        for (int j = 0; j < d; ++j) o[j] += p * load(vr, j);
       }
     }
     const float inv = 1.0f / denom;
     for (int i = 0; i < d; ++i) o[i] *= inv;
+  }
+}
+
+}  // namespace
+
+KVFOLD_ISA_CLONES void AttendTasks(const TensorView& q, const KvCacheLayer& cache,
+                                   const AttentionBatch& batch, int num_heads, float scale,
+                                   int64_t task_begin, int64_t task_end, TensorView out) {
+  if (cache.k.dtype == DType::kBF16) {
+    AttendTasksAs<LoadBf16>(q, cache, batch, num_heads, scale, task_begin, task_end, out);
+  } else {
+    AttendTasksAs<LoadF32>(q, cache, batch, num_heads, scale, task_begin, task_end, out);
   }
 }
 

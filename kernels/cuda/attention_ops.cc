@@ -13,8 +13,10 @@ void CheckCache(const KvCacheLayer& cache) {
       << "KV cache: block_size " << cache.block_size << ", num_kv_heads " << cache.num_kv_heads
       << ", head_dim " << cache.head_dim;
   const int64_t width = static_cast<int64_t>(cache.num_kv_heads) * cache.head_dim;
-  CheckShape(cache.k, DType::kF32, cache.k.rows, width, "KV cache k");
-  CheckShape(cache.v, DType::kF32, cache.k.rows, width, "KV cache v");
+  CHECK(cache.k.dtype == DType::kF32 || cache.k.dtype == DType::kBF16)
+      << "KV cache dtype " << DTypeName(cache.k.dtype) << " is not F32 or BF16";
+  CheckShape(cache.k, cache.k.dtype, cache.k.rows, width, "KV cache k");
+  CheckShape(cache.v, cache.k.dtype, cache.k.rows, width, "KV cache v");
   CHECK_EQ(cache.k.rows % cache.block_size, 0) << "KV cache rows must be whole blocks";
 }
 
@@ -78,8 +80,8 @@ void CudaOps::WriteKv(const TensorView& k, const TensorView& v, const AttentionB
   ArgPack pack;
   const size_t slots = pack.Add(batch.slot_mapping);
   const char* args = Upload(pack);
-  LaunchWriteKv(k.f32(), v.f32(), PackedAt<int64_t>(args, slots), num_rows, width, cache.k.f32(),
-                cache.v.f32(), stream_);
+  LaunchWriteKv(k.f32(), v.f32(), PackedAt<int64_t>(args, slots), num_rows, width, cache.k.dtype,
+                cache.k.data, cache.v.data, stream_);
 }
 
 void CudaOps::PagedAttention(const TensorView& q, const KvCacheLayer& cache,
@@ -105,8 +107,9 @@ void CudaOps::PagedAttention(const TensorView& q, const KvCacheLayer& cache,
   PagedAttentionParams params;
   params.q = q.f32();
   params.out = out.f32();
-  params.k_cache = cache.k.f32();
-  params.v_cache = cache.v.f32();
+  params.k_cache = cache.k.data;
+  params.v_cache = cache.v.data;
+  params.kv_dtype = cache.k.dtype;
   params.row_seq = PackedAt<int32_t>(args, seq);
   params.row_pos = PackedAt<int32_t>(args, pos);
   params.block_tables = PackedAt<int32_t>(args, tables);

@@ -30,17 +30,20 @@ void LaunchGatherRows(const void* x, const int32_t* rows, int64_t num_rows, int6
 // [max_positions, head_dim] with cos in the first half of each row and sin in the second.
 void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
                 const float* table, cudaStream_t stream);
-// Copies row i of k and v (each `row_width` floats) to row slots[i] of k_cache and v_cache.
+// Copies row i of k and v (each `row_width` floats) to row slots[i] of k_cache and v_cache, whose
+// elements are `cache_dtype` (F32, or BF16 rounded to nearest even).
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
-                   int64_t row_width, float* k_cache, float* v_cache, cudaStream_t stream);
+                   int64_t row_width, DType cache_dtype, void* k_cache, void* v_cache,
+                   cudaStream_t stream);
 
 // Everything one paged-attention launch reads. Query row r belongs to sequence row_seq[r] and
 // sits at position row_pos[r]; it attends to positions [0, row_pos[r]] of that sequence.
 struct PagedAttentionParams {
-  const float* q = nullptr;        // [num_rows, num_heads * head_dim]
-  float* out = nullptr;            // same shape as q; may alias q
-  const float* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads * head_dim]
-  const float* v_cache = nullptr;
+  const float* q = nullptr;       // [num_rows, num_heads * head_dim]
+  float* out = nullptr;           // same shape as q; may alias q
+  const void* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads * head_dim]
+  const void* v_cache = nullptr;
+  DType kv_dtype = DType::kF32;           // of k_cache and v_cache: F32 or BF16
   const int32_t* row_seq = nullptr;       // [num_rows]
   const int32_t* row_pos = nullptr;       // [num_rows]
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]

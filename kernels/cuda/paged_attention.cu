@@ -5,6 +5,8 @@
 // its position. Each score is one warp's fixed butterfly sum; tile maxima and sums are sequential
 // loops over the tile; V is accumulated per output dim in position order. No atomics, so the result
 // is bit-identical whatever else shares the batch.
+#include <cuda_bf16.h>
+
 #include <cmath>
 
 #include "kernels/cuda/block_reduce.cuh"
@@ -19,6 +21,11 @@ constexpr int kTile = 64;
 constexpr int kDimsPerThread = kMaxAttentionHeadDim / kThreads;
 static_assert(kMaxAttentionHeadDim % kThreads == 0);
 
+__device__ __forceinline__ float LoadAsF32(const float* p) { return *p; }
+__device__ __forceinline__ float LoadAsF32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+
+// T: the cache element type (float or __nv_bfloat16); arithmetic is F32 either way.
+template <typename T>
 __global__ void __launch_bounds__(kThreads) PagedAttentionKernel(PagedAttentionParams p) {
   extern __shared__ float q_shared[];  // head_dim floats
   __shared__ float probs[kTile];       // scores, then exp(score - running max)
@@ -32,8 +39,8 @@ __global__ void __launch_bounds__(kThreads) PagedAttentionKernel(PagedAttentionP
   const int64_t kv_stride = static_cast<int64_t>(p.num_kv_heads) * p.head_dim;
   const int64_t q_offset = (row * p.num_heads + head) * p.head_dim;
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
-  const float* k_base = p.k_cache + static_cast<int64_t>(kv_head) * p.head_dim;
-  const float* v_base = p.v_cache + static_cast<int64_t>(kv_head) * p.head_dim;
+  const T* k_base = static_cast<const T*>(p.k_cache) + static_cast<int64_t>(kv_head) * p.head_dim;
+  const T* v_base = static_cast<const T*>(p.v_cache) + static_cast<int64_t>(kv_head) * p.head_dim;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   constexpr int kNumWarps = kThreads / kWarpSize;
@@ -54,9 +61,9 @@ __global__ void __launch_bounds__(kThreads) PagedAttentionKernel(PagedAttentionP
 
     // Scores: one warp per position, lanes split the head dim.
     for (int t = warp; t < len; t += kNumWarps) {
-      const float* k_row = k_base + slots[t] * kv_stride;
+      const T* k_row = k_base + slots[t] * kv_stride;
       float dot = 0.0f;
-      for (int d = lane; d < p.head_dim; d += kWarpSize) dot += q_shared[d] * k_row[d];
+      for (int d = lane; d < p.head_dim; d += kWarpSize) dot += q_shared[d] * LoadAsF32(k_row + d);
       dot = WarpSum(dot);
       if (lane == 0) probs[t] = dot * p.scale;
     }
@@ -79,7 +86,7 @@ __global__ void __launch_bounds__(kThreads) PagedAttentionKernel(PagedAttentionP
       const int d = threadIdx.x + j * kThreads;
       if (d < p.head_dim) {
         float a = acc[j] * rescale;
-        for (int t = 0; t < len; ++t) a += probs[t] * v_base[slots[t] * kv_stride + d];
+        for (int t = 0; t < len; ++t) a += probs[t] * LoadAsF32(v_base + slots[t] * kv_stride + d);
         acc[j] = a;
       }
     }
@@ -100,7 +107,11 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   const dim3 grid(static_cast<unsigned int>(params.num_rows),
                   static_cast<unsigned int>(params.num_heads));
   const size_t shared_bytes = static_cast<size_t>(params.head_dim) * sizeof(float);
-  PagedAttentionKernel<<<grid, kThreads, shared_bytes, stream>>>(params);
+  if (params.kv_dtype == DType::kBF16) {
+    PagedAttentionKernel<__nv_bfloat16><<<grid, kThreads, shared_bytes, stream>>>(params);
+  } else {
+    PagedAttentionKernel<float><<<grid, kThreads, shared_bytes, stream>>>(params);
+  }
   KVFOLD_CUDA_CHECK_LAUNCH();
 }
 

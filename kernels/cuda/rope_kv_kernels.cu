@@ -1,4 +1,6 @@
 // Kernels that place tokens: RoPE rotation by position, and K/V writes into cache slots.
+#include <cuda_bf16.h>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/kernels.h"
 
@@ -27,14 +29,20 @@ __global__ void RopeKernel(float* x, int num_heads, int head_dim, const int32_t*
   }
 }
 
+__device__ __forceinline__ void StoreAs(float x, float* dst) { *dst = x; }
+__device__ __forceinline__ void StoreAs(float x, __nv_bfloat16* dst) {
+  *dst = __float2bfloat16_rn(x);  // round to nearest even, as the CPU backend does
+}
+
 // One block per token row.
+template <typename T>
 __global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots,
-                              int64_t row_width, float* k_cache, float* v_cache) {
+                              int64_t row_width, T* k_cache, T* v_cache) {
   const int64_t row = blockIdx.x;
   const int64_t slot = slots[row];
   for (int64_t c = threadIdx.x; c < row_width; c += blockDim.x) {
-    k_cache[slot * row_width + c] = k[row * row_width + c];
-    v_cache[slot * row_width + c] = v[row * row_width + c];
+    StoreAs(k[row * row_width + c], k_cache + slot * row_width + c);
+    StoreAs(v[row * row_width + c], v_cache + slot * row_width + c);
   }
 }
 
@@ -49,10 +57,18 @@ void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const
 }
 
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
-                   int64_t row_width, float* k_cache, float* v_cache, cudaStream_t stream) {
+                   int64_t row_width, DType cache_dtype, void* k_cache, void* v_cache,
+                   cudaStream_t stream) {
   if (num_rows == 0 || row_width == 0) return;
-  WriteKvKernel<<<static_cast<unsigned int>(num_rows), kRowThreads, 0, stream>>>(
-      k, v, slots, row_width, k_cache, v_cache);
+  const auto grid = static_cast<unsigned int>(num_rows);
+  if (cache_dtype == DType::kBF16) {
+    WriteKvKernel<<<grid, kRowThreads, 0, stream>>>(k, v, slots, row_width,
+                                                    static_cast<__nv_bfloat16*>(k_cache),
+                                                    static_cast<__nv_bfloat16*>(v_cache));
+  } else {
+    WriteKvKernel<<<grid, kRowThreads, 0, stream>>>(
+        k, v, slots, row_width, static_cast<float*>(k_cache), static_cast<float*>(v_cache));
+  }
   KVFOLD_CUDA_CHECK_LAUNCH();
 }
 

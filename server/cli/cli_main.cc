@@ -56,7 +56,8 @@ int Main(int argc, char** argv) {
   absl::FlagsUsageConfig usage;
   const std::string flags_file(command->flags_file);
   usage.contains_help_flags = [flags_file](absl::string_view path) {
-    return absl::EndsWith(path, flags_file) || absl::EndsWith(path, "common_flags.cc");
+    return absl::EndsWith(path, flags_file) || absl::EndsWith(path, "common_flags.cc") ||
+           absl::EndsWith(path, "engine_flags.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);

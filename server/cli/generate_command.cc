@@ -1,5 +1,6 @@
 // `kvfold generate`: one prompt, one sequence, text streamed to stdout as it is produced, then
-// prefill and decode speeds on stderr.
+// prefill and decode speeds on stderr; or, with --prompts-file, many requests through the engine
+// (batch_generate.cc).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -8,8 +9,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "server/cli/batch_generate.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
+#include "server/cli/engine_flags.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/checkpoint.h"
 #include "worker/llama_model.h"
@@ -17,6 +20,10 @@
 #include "worker/sequence_runner.h"
 
 ABSL_FLAG(std::string, prompt, "", "Prompt text (empty: start from BOS alone)");
+ABSL_FLAG(std::string, prompts_file, "",
+          "Run every line of this file through the engine: one JSON object per line with "
+          "\"prompt\" and optional \"max_tokens\", \"temperature\", \"seed\", \"stop\"; prints one "
+          "JSON object per line, in input order");
 ABSL_FLAG(int, max_tokens, 256, "Most tokens to generate");
 ABSL_FLAG(float, temperature, 0.0f, "Sampling temperature (0: greedy)");
 ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
@@ -54,7 +61,7 @@ bool IsEos(const ModelConfig& config, int32_t id) {
 }
 
 absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
-                      const SamplingParams& sampling) {
+                      const SamplingParams& sampling, DType kv_dtype) {
   const ModelConfig& config = l.model->config();
   absl::StatusOr<std::vector<int32_t>> ids = l.tokenizer->Encode(prompt, true);
   if (!ids.ok()) return ids.status();
@@ -65,7 +72,7 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
         "the prompt has %d tokens; the model's context is %d", prompt_len, config.MaxContext()));
   }
   const int32_t capacity = std::min(config.MaxContext(), prompt_len + max_tokens);
-  SequenceRunner runner(*l.model, *l.ops, capacity);
+  SequenceRunner runner(*l.model, *l.ops, capacity, kv_dtype);
   IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
   std::cout << prompt << std::flush;
 
@@ -120,8 +127,19 @@ int RunGenerate(const std::vector<std::string>& positional) {
     std::cerr << "kvfold generate: " << loaded.status().message() << "\n";
     return 1;
   }
+  const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);
+  if (!prompts_file.empty()) {
+    const LineDefaults defaults{max_tokens, temperature, absl::GetFlag(FLAGS_seed)};
+    return RunPromptsFile(*loaded->model, *loaded->ops, *loaded->tokenizer, prompts_file, defaults);
+  }
+  absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+  if (!kv_dtype.ok()) {
+    std::cerr << "kvfold generate: " << kv_dtype.status().message() << "\n";
+    return 2;
+  }
   const SamplingParams sampling{temperature, absl::GetFlag(FLAGS_seed)};
-  if (absl::Status s = Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling);
+  if (absl::Status s =
+          Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling, *kv_dtype);
       !s.ok()) {
     std::cerr << "kvfold generate: " << s.message() << "\n";
     return 1;

@@ -1,6 +1,7 @@
 // WriteKv and PagedAttention of the CUDA backend against the CPU reference: several sequences of
 // different lengths (decode, prefill, chunked prefill), MHA, GQA and MQA, several blocks per
-// sequence with scrambled block ids, contexts longer than the kernel's 64-position tile.
+// sequence with scrambled block ids, contexts longer than the kernel's 64-position tile; F32 and
+// BF16 caches (both backends round to nearest even on write, so their caches agree bit for bit).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -79,17 +80,25 @@ struct AttentionConfig {
   int32_t block_size;
 };
 
+// A tensor's raw bytes on the host, whatever its dtype.
+std::vector<uint8_t> RawBytes(Ops& ops, const Tensor& t) {
+  std::vector<uint8_t> out(t.view().nbytes());
+  ops.CopyToHost(t.view(), out.data());
+  return out;
+}
+
 class CudaAttentionTest : public BackendPairTest {
  protected:
   // Fills the cache with random K/V (the earlier context), writes this step's K/V for the query
   // rows, runs attention; checks the caches bit for bit and the outputs within a tolerance.
-  void RunAndCompare(const AttentionConfig& c, const std::vector<SeqSpec>& seqs, uint32_t seed) {
+  void RunAndCompare(const AttentionConfig& c, const std::vector<SeqSpec>& seqs, uint32_t seed,
+                     DType kv_dtype = DType::kF32) {
     std::mt19937 rng(seed);
     const BatchData batch = MakeBatch(seqs, c.block_size, 3, rng);
     const int64_t width = int64_t{c.num_kv_heads} * c.head_dim;
     const int64_t cache_rows = int64_t{batch.num_blocks} * c.block_size;
-    const TensorPair k_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width));
-    const TensorPair v_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width));
+    const TensorPair k_cache = Upload(RandomArray(rng, kv_dtype, cache_rows, width));
+    const TensorPair v_cache = Upload(RandomArray(rng, kv_dtype, cache_rows, width));
     const int64_t n = batch.num_rows();
     const TensorPair k = Upload(RandomArray(rng, DType::kF32, n, width));
     const TensorPair v = Upload(RandomArray(rng, DType::kF32, n, width));
@@ -104,8 +113,8 @@ class CudaAttentionTest : public BackendPairTest {
 
     cpu_->WriteKv(k.cpu.view(), v.cpu.view(), batch.View(), cpu_cache);
     gpu_->WriteKv(k.gpu.view(), v.gpu.view(), batch.View(), gpu_cache);
-    testing::ExpectBitwiseEqual(Gpu(k_cache), Cpu(k_cache));
-    testing::ExpectBitwiseEqual(Gpu(v_cache), Cpu(v_cache));
+    EXPECT_TRUE(RawBytes(*gpu_, k_cache.gpu) == RawBytes(*cpu_, k_cache.cpu)) << "K caches differ";
+    EXPECT_TRUE(RawBytes(*gpu_, v_cache.gpu) == RawBytes(*cpu_, v_cache.cpu)) << "V caches differ";
 
     cpu_->PagedAttention(q.cpu.view(), cpu_cache, batch.View(), c.num_heads, scale, out.cpu.view());
     gpu_->PagedAttention(q.gpu.view(), gpu_cache, batch.View(), c.num_heads, scale, out.gpu.view());
@@ -139,6 +148,20 @@ TEST_F(CudaAttentionTest, MultiQueryAttentionOddHeadDimAndBlockSize) {
 
 TEST_F(CudaAttentionTest, SingleDecodeRowAndBlockSizeOne) {
   RunAndCompare({2, 1, 1, 1}, {{1, 3}}, 14);
+}
+
+// BF16 caches: both backends read the same rounded values and accumulate in F32, so the F32
+// tolerance holds.
+TEST_F(CudaAttentionTest, Bf16CacheMultiHeadAttention) {
+  RunAndCompare({4, 4, 64, 16}, kMixedBatch, 21, DType::kBF16);
+}
+
+TEST_F(CudaAttentionTest, Bf16CacheGroupedQueryAttention) {
+  RunAndCompare({8, 2, 128, 16}, kMixedBatch, 22, DType::kBF16);
+}
+
+TEST_F(CudaAttentionTest, Bf16CacheMultiQueryOddHeadDimAndBlockSize) {
+  RunAndCompare({6, 1, 33, 5}, kMixedBatch, 23, DType::kBF16);
 }
 
 TEST_F(CudaAttentionTest, LargeHeadDim) { RunAndCompare({2, 2, 256, 32}, {{2, 100}, {1, 33}}, 15); }

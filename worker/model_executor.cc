@@ -1,0 +1,121 @@
+#include "worker/model_executor.h"
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+#include "worker/sampler.h"
+#include "worker/status_macros.h"
+
+namespace kvfold {
+
+ModelExecutor::ModelExecutor(LlamaModel& model, const KvCache& cache)
+    : model_(model), cache_(cache) {}
+
+absl::Status ModelExecutor::Validate(const StepPlan& plan) const {
+  if (plan.chunks.empty()) return absl::InvalidArgumentError("empty step plan");
+  const int32_t bs = cache_.block_size();
+  const int32_t max_context = model_.config().MaxContext();
+  absl::flat_hash_set<RequestId> requests;
+  absl::flat_hash_set<int64_t> slots;
+  for (const ScheduledChunk& c : plan.chunks) {
+    const int64_t n = static_cast<int64_t>(c.token_ids.size());
+    if (!requests.insert(c.request_id).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("request %d has two chunks in one step", c.request_id));
+    }
+    if (n == 0 || c.start_position < 0 || c.start_position + n > max_context) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request %d: chunk of %d tokens at position %d does not fit the model's context of %d",
+          c.request_id, n, c.start_position, max_context));
+    }
+    const int64_t end = c.start_position + n;
+    if (static_cast<int64_t>(c.block_table.size()) * bs < end) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("request %d: %d blocks of %d tokens do not cover %d tokens", c.request_id,
+                          c.block_table.size(), bs, end));
+    }
+    for (BlockId b : c.block_table) {
+      if (b < 0 || b >= cache_.num_blocks()) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("request %d: block id %d outside the pool [0, %d)", c.request_id, b,
+                            cache_.num_blocks()));
+      }
+    }
+    for (int64_t p = c.start_position; p < end; ++p) {
+      const int64_t slot = int64_t{c.block_table[p / bs]} * bs + p % bs;
+      if (!slots.insert(slot).second) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("request %d writes cache slot %d that another token of this step "
+                            "also writes",
+                            c.request_id, slot));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ModelExecutor::Flatten(const StepPlan& plan, Batch& b) const {
+  const int32_t bs = cache_.block_size();
+  b.token_ids.clear();
+  b.positions.clear();
+  b.slot_mapping.clear();
+  b.logits_rows.clear();
+  b.query_start.assign(1, 0);
+  b.context_len.clear();
+  b.max_blocks_per_seq = 0;
+  for (const ScheduledChunk& c : plan.chunks) {
+    b.max_blocks_per_seq =
+        std::max(b.max_blocks_per_seq, static_cast<int32_t>(c.block_table.size()));
+  }
+  // Padding entries lie past every context, so they are never read; 0 is simply a valid id.
+  b.block_tables.assign(plan.chunks.size() * static_cast<size_t>(b.max_blocks_per_seq), 0);
+  for (size_t s = 0; s < plan.chunks.size(); ++s) {
+    const ScheduledChunk& c = plan.chunks[s];
+    const int32_t n = static_cast<int32_t>(c.token_ids.size());
+    std::copy(c.block_table.begin(), c.block_table.end(),
+              b.block_tables.begin() + s * b.max_blocks_per_seq);
+    b.token_ids.insert(b.token_ids.end(), c.token_ids.begin(), c.token_ids.end());
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t p = c.start_position + i;
+      b.positions.push_back(p);
+      b.slot_mapping.push_back(int64_t{c.block_table[p / bs]} * bs + p % bs);
+    }
+    b.query_start.push_back(b.query_start.back() + n);
+    b.context_len.push_back(c.start_position + n);
+    if (c.sample) b.logits_rows.push_back(b.query_start.back() - 1);
+  }
+}
+
+absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
+  KVFOLD_RETURN_IF_ERROR(Validate(plan));
+  Flatten(plan, batch_);
+  ForwardBatch fb;
+  fb.token_ids = batch_.token_ids;
+  fb.positions = batch_.positions;
+  fb.attention.query_start = batch_.query_start;
+  fb.attention.context_len = batch_.context_len;
+  fb.attention.block_tables = batch_.block_tables;
+  fb.attention.max_blocks_per_seq = batch_.max_blocks_per_seq;
+  fb.attention.slot_mapping = batch_.slot_mapping;
+  fb.logits_rows = batch_.logits_rows;
+  const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
+  logits_.resize(batch_.logits_rows.size() * vocab);
+  KVFOLD_RETURN_IF_ERROR(model_.Forward(fb, cache_, logits_.data()));
+
+  StepResult result;
+  result.sampled.reserve(batch_.logits_rows.size());
+  size_t row = 0;
+  for (const ScheduledChunk& c : plan.chunks) {
+    if (!c.sample) continue;
+    const absl::Span<const float> logits(logits_.data() + row * vocab, vocab);
+    SampledToken& t = result.sampled.emplace_back();
+    t.request_id = c.request_id;
+    t.token_id = Sample(logits, c.sampling, c.output_index);
+    if (c.sampling.logprobs) t.logprob = LogProbability(logits, t.token_id);
+    ++row;
+  }
+  return result;
+}
+
+}  // namespace kvfold

@@ -1,0 +1,48 @@
+// The worker side of the engine contract: runs a StepPlan on a LlamaModel over a paged KvCache and
+// samples one token per sampling chunk (with its log-probability when the request asks). Single
+// process, single rank for now; tensor parallelism wraps this later (rank 0 broadcasts the plan).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "scheduler/step_plan.h"
+#include "worker/kv_cache.h"
+#include "worker/llama_model.h"
+
+namespace kvfold {
+
+class ModelExecutor final : public Executor {
+ public:
+  // `model` and `cache` must outlive the executor.
+  ModelExecutor(LlamaModel& model, const KvCache& cache);
+
+  // One forward over every chunk of the plan, then sampling. InvalidArgument (and nothing run)
+  // when the plan does not fit the pool or the model: block ids out of range, a block table too
+  // short for its chunk, positions beyond the model's context, two chunks of one request or
+  // writing one cache slot.
+  absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
+
+  // The logits of the last Execute: one row of vocab_size per sampling chunk, in chunk order.
+  absl::Span<const float> last_logits() const { return logits_; }
+
+ private:
+  // The flat batch of one plan; what ForwardBatch's spans point at.
+  struct Batch {
+    std::vector<int32_t> token_ids, positions, query_start, context_len, block_tables;
+    std::vector<int64_t> slot_mapping;
+    std::vector<int32_t> logits_rows;
+    int32_t max_blocks_per_seq = 0;
+  };
+  absl::Status Validate(const StepPlan& plan) const;
+  void Flatten(const StepPlan& plan, Batch& batch) const;
+
+  LlamaModel& model_;
+  const KvCache& cache_;
+  Batch batch_;  // reused across steps to avoid reallocation
+  std::vector<float> logits_;
+};
+
+}  // namespace kvfold
