@@ -84,6 +84,46 @@ absl::StatusOr<int> GetInt(const GgufFile& file, std::string_view key,
   return static_cast<int>(value);
 }
 
+// A tensor's bytes in the mapping, checked: a supported type, 1-D or 2-D, whole blocks per row,
+// inside the tensor data section.
+struct RawTensor {
+  TypeInfo type;
+  uint64_t rows = 0, cols = 0, row_bytes = 0;
+  const char* src = nullptr;
+};
+
+absl::StatusOr<RawTensor> Locate(const GgufTensorInfo& info, std::string_view data,
+                                 const std::string& what) {
+  const std::optional<TypeInfo> type = InfoOf(info.ggml_type);
+  if (!type.has_value()) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "%s has ggml type %d, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", what,
+        info.ggml_type));
+  }
+  if (info.dims.empty() || info.dims.size() > 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s has %d dimensions, expected 1 or 2", what, info.dims.size()));
+  }
+  constexpr uint64_t kMaxDim = uint64_t{1} << 31;
+  const uint64_t cols = info.dims[0], rows = info.dims.size() == 2 ? info.dims[1] : 1;
+  if (cols == 0 || rows == 0 || cols >= kMaxDim || rows >= kMaxDim) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s has dimensions [%s]", what, absl::StrJoin(info.dims, ", ")));
+  }
+  if (cols % type->block_values != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %s rows of %d values are not whole %d-value blocks", what, type->name,
+                        cols, type->block_values));
+  }
+  const uint64_t row_bytes = cols / type->block_values * type->block_bytes;
+  if (info.offset > data.size() || rows * row_bytes > data.size() - info.offset) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "%s: its %d bytes at offset %d run past the end of the file's tensor data (%d bytes)", what,
+        rows * row_bytes, info.offset, data.size()));
+  }
+  return RawTensor{*type, rows, cols, row_bytes, data.data() + info.offset};
+}
+
 }  // namespace
 
 std::optional<std::string> HfTensorName(std::string_view gguf_name) {
@@ -238,35 +278,10 @@ absl::Status GgufCheckpoint::LoadTensors() {
 absl::StatusOr<TensorView> GgufCheckpoint::Materialize(const GgufTensorInfo& info,
                                                        std::string_view hf_name) {
   const std::string what = absl::StrFormat("%s: tensor %s", file_->path(), info.name);
-  const std::optional<TypeInfo> type = InfoOf(info.ggml_type);
-  if (!type.has_value()) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "%s has ggml type %d, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", what,
-        info.ggml_type));
-  }
-  if (info.dims.empty() || info.dims.size() > 2) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s has %d dimensions, expected 1 or 2", what, info.dims.size()));
-  }
-  constexpr uint64_t kMaxDim = uint64_t{1} << 31;
-  const uint64_t cols = info.dims[0], rows = info.dims.size() == 2 ? info.dims[1] : 1;
-  if (cols == 0 || rows == 0 || cols >= kMaxDim || rows >= kMaxDim) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s has dimensions [%s]", what, absl::StrJoin(info.dims, ", ")));
-  }
-  if (cols % type->block_values != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s: %s rows of %d values are not whole %d-value blocks", what, type->name,
-                        cols, type->block_values));
-  }
-  const uint64_t row_bytes = cols / type->block_values * type->block_bytes;
-  const std::string_view data = file_->tensor_data();
-  if (info.offset > data.size() || rows * row_bytes > data.size() - info.offset) {
-    return absl::OutOfRangeError(absl::StrFormat(
-        "%s: its %d bytes at offset %d run past the end of the file's tensor data (%d bytes)", what,
-        rows * row_bytes, info.offset, data.size()));
-  }
-  const char* src = data.data() + info.offset;
+  KVFOLD_ASSIGN_OR_RETURN(const RawTensor raw, Locate(info, file_->tensor_data(), what));
+  const uint64_t rows = raw.rows, cols = raw.cols, row_bytes = raw.row_bytes;
+  const char* src = raw.src;
+  const TypeInfo* type = &raw.type;
   int64_t rows_per_head = 0;  // 0: rows stay in place
   if (hf_name.ends_with("q_proj.weight") || hf_name.ends_with("k_proj.weight")) {
     const int heads = hf_name.ends_with("q_proj.weight") ? config_.num_heads : config_.num_kv_heads;
