@@ -1,5 +1,6 @@
 // Forward-pass speed on real checkpoints: batch-1 decode (tokens/s, the number llama2.c reports)
-// and prefill. Run: build/bench/kvfold_model_bench [--model_dir=DIR]. Results: bench/RESULTS.md.
+// and prefill. Run: build/bench/kvfold_model_bench [--model_dir=DIR or FILE.gguf]. Results:
+// bench/RESULTS.md.
 #include <memory>
 #include <numeric>
 #include <string>
@@ -7,8 +8,8 @@
 
 #include "benchmark/benchmark.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "worker/checkpoint.h"
 #include "worker/llama_model.h"
+#include "worker/model_loader.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
 
@@ -21,7 +22,7 @@ std::string& ModelDir() {
 }
 
 std::unique_ptr<LlamaModel> LoadModel(Ops& ops) {
-  auto ckpt = Checkpoint::Open(ModelDir());
+  auto ckpt = OpenWeights(ModelDir());
   CHECK(ckpt.ok()) << ckpt.status();
   auto model = LlamaModel::Load(*std::move(ckpt), ops);
   CHECK(model.ok()) << model.status();

@@ -12,8 +12,8 @@ max_tokens=${MAX_TOKENS:-128}
 threads=${THREADS:-1}
 seqs=${SEQS:-"1 8 32 64"}
 kv_memory=${KV_MEMORY:-512MiB}
-model_args=()
-if [[ -n "${MODEL:-}" ]]; then model_args=(--model "$MODEL"); fi
+# stories260K unless MODEL names another (the CLI's default is SmolLM2 when it is installed).
+model_args=(--model "${MODEL:-models/stories260K}")
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

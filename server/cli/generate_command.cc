@@ -14,8 +14,8 @@
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/tokenizer/tokenizer.h"
-#include "worker/checkpoint.h"
 #include "worker/llama_model.h"
+#include "worker/model_loader.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
 
@@ -52,9 +52,9 @@ struct Loaded {
 absl::StatusOr<Loaded> Load(const std::string& path, int threads) {
   Loaded l;
   l.ops = NewCpuOps(threads);
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(path);
-  if (!ckpt.ok()) return ckpt.status();
-  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(ckpt), *l.ops);
+  absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
+  if (!weights.ok()) return weights.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(weights), *l.ops);
   if (!model.ok()) return model.status();
   l.model = *std::move(model);
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);

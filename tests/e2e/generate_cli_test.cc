@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -56,6 +57,19 @@ Result Kvfold(const std::vector<std::string>& args) {
   return r;
 }
 
+// The bundled model; tests that check its text or sizes name it (the default is SmolLM2 when
+// ~/.cache/kvfold has it).
+std::string Stories() { return testing::SourcePath("models/stories260K"); }
+
+std::string DefaultGguf() {
+  const char* cache = std::getenv("KVFOLD_CACHE_DIR");
+  const char* home = std::getenv("HOME");
+  const std::string dir = cache != nullptr && *cache != '\0'
+                              ? std::string(cache)
+                              : std::string(home ? home : "") + "/.cache/kvfold";
+  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
 TEST(GenerateCliTest, HelpListsCommandsAndFlags) {
   Result top = Kvfold({"--help"});
   EXPECT_EQ(top.exit_code, 0);
@@ -67,7 +81,8 @@ TEST(GenerateCliTest, HelpListsCommandsAndFlags) {
 }
 
 TEST(GenerateCliTest, StreamsAContinuationAndReportsSpeed) {
-  Result r = Kvfold({"generate", "--prompt", "Once upon a time", "--max-tokens", "30"});
+  Result r = Kvfold(
+      {"generate", "--model", Stories(), "--prompt", "Once upon a time", "--max-tokens", "30"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, StartsWith("Once upon a time"));
   EXPECT_GT(r.out.size(), std::string("Once upon a time").size() + 20);
@@ -91,9 +106,9 @@ TEST(GenerateCliTest, GreedyFromBosReproducesLlama2c) {
 }
 
 TEST(GenerateCliTest, SameSeedSameText) {
-  const std::vector<std::string> args = {"generate",     "--prompt", "The dog",
-                                         "--max-tokens", "40",       "--temperature",
-                                         "0.9",          "--seed",   "7"};
+  const std::vector<std::string> args = {"generate", "--model",      Stories(), "--prompt",
+                                         "The dog",  "--max-tokens", "40",      "--temperature",
+                                         "0.9",      "--seed",       "7"};
   Result a = Kvfold(args), b = Kvfold(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
@@ -111,12 +126,13 @@ TEST(GenerateCliTest, BadInputGetsAClearErrorAndNonZeroExit) {
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr("/nonexistent/model"));
 
-  Result zero = Kvfold({"generate", "--max-tokens", "0"});
+  Result zero = Kvfold({"generate", "--model", Stories(), "--max-tokens", "0"});
   EXPECT_EQ(zero.exit_code, 2);
 
   std::string too_long;
   for (int i = 0; i < 600; ++i) too_long += "dog ";
-  Result overlong = Kvfold({"generate", "--prompt", too_long, "--max-tokens", "1"});
+  Result overlong =
+      Kvfold({"generate", "--model", Stories(), "--prompt", too_long, "--max-tokens", "1"});
   EXPECT_EQ(overlong.exit_code, 1);
   EXPECT_THAT(overlong.err, HasSubstr("context"));
 }
@@ -150,8 +166,8 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
                      "\n" + too_long + "\n" +
                      R"({"prompt": "The dog", "max_tokens": 40, "temperature": 0.9, "seed": 7})" +
                      "\n" + R"({"prompt": "Lily", "max_tokens": "many"})" + "\n");
-  Result r = Kvfold({"generate", "--prompts-file", path, "--kv-cache-memory", "2MiB",
-                     "--max-num-seqs", "2", "--max-num-batched-tokens", "16"});
+  Result r = Kvfold({"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory",
+                     "2MiB", "--max-num-seqs", "2", "--max-num-batched-tokens", "16"});
   std::remove(path.c_str());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::vector<nlohmann::json> lines = JsonLines(r.out);
@@ -160,7 +176,8 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
   for (int i = 0; i < 6; ++i) EXPECT_EQ(lines[i]["line"], want_line[i]);
 
   // The engine's greedy text equals the single-sequence path's.
-  Result single = Kvfold({"generate", "--prompt", "Once upon a time", "--max-tokens", "24"});
+  Result single = Kvfold(
+      {"generate", "--model", Stories(), "--prompt", "Once upon a time", "--max-tokens", "24"});
   ASSERT_EQ(single.exit_code, 0) << single.err;
   EXPECT_EQ("Once upon a time" + lines[0]["text"].get<std::string>() + "\n", single.out);
   EXPECT_EQ(lines[0]["finish_reason"], "length");
@@ -190,13 +207,16 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
 TEST(GenerateCliTest, PromptsFileErrorsBeforeRunning) {
   const std::string path = WriteTempFile("prompts_small", R"({"prompt": "a"})"
                                                           "\n");
-  Result small = Kvfold({"generate", "--prompts-file", path, "--kv-cache-memory", "10KiB"});
+  Result small = Kvfold(
+      {"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory", "10KiB"});
   EXPECT_EQ(small.exit_code, 1);
   EXPECT_THAT(small.err, HasSubstr("--kv-cache-memory"));
-  Result bad_size = Kvfold({"generate", "--prompts-file", path, "--kv-cache-memory", "lots"});
+  Result bad_size = Kvfold(
+      {"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory", "lots"});
   EXPECT_EQ(bad_size.exit_code, 1);
   EXPECT_THAT(bad_size.err, HasSubstr("byte size"));
-  Result bad_len = Kvfold({"generate", "--prompts-file", path, "--max-model-len", "9999"});
+  Result bad_len =
+      Kvfold({"generate", "--model", Stories(), "--prompts-file", path, "--max-model-len", "9999"});
   EXPECT_EQ(bad_len.exit_code, 1);
   EXPECT_THAT(bad_len.err, HasSubstr("--max-model-len"));
   std::remove(path.c_str());
@@ -217,6 +237,46 @@ TEST(GenerateCliTest, CorruptWeightsAreReportedNotCrashed) {
   Result r = Kvfold({"generate", "--model", dir, "--max-tokens", "1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("model.safetensors"));
+}
+
+// With no --model, the default model (SmolLM2, Q4_1 GGUF) answers in English.
+TEST(GenerateCliTest, DefaultModelIsSmolLm2AndAnswers) {
+  const std::string gguf = DefaultGguf();
+  if (!std::filesystem::exists(gguf)) GTEST_SKIP() << gguf << " is absent (scripts/setup.sh)";
+  Result r = Kvfold({"generate", "--prompt", "The capital of France is", "--max-tokens", "20"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, StartsWith("The capital of France is Paris"));
+  EXPECT_THAT(r.err, ::testing::Not(HasSubstr("absent")));
+  Result named = Kvfold(
+      {"generate", "--model", gguf, "--prompt", "The capital of France is", "--max-tokens", "20"});
+  ASSERT_EQ(named.exit_code, 0) << named.err;
+  EXPECT_EQ(named.out, r.out);
+}
+
+// A .gguf given with --model (the CI-sized fixture) loads weights and tokenizer from the file.
+TEST(GenerateCliTest, GgufModelFile) {
+  Result r = Kvfold({"generate", "--model",
+                     testing::SourcePath("tests/fixtures/gguf/stories260K_spm.gguf"),
+                     "--max-tokens", "1"});
+  // This fixture has a vocabulary but no weights: the error names the file and the tensor.
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("stories260K_spm.gguf"));
+}
+
+TEST(GenerateCliTest, CorruptGgufIsReportedNotCrashed) {
+  const std::string path = ::testing::TempDir() + "/corrupt_" + std::to_string(getpid()) + ".gguf";
+  const std::string bytes =
+      ReadFile(testing::SourcePath("tests/fixtures/gguf/tiny-llama-linear.f32.gguf"));
+  std::ofstream(path) << bytes.substr(0, bytes.size() / 2);
+  Result r = Kvfold({"generate", "--model", path, "--max-tokens", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr(path));
+  EXPECT_THAT(r.err, HasSubstr("past the end"));
+  std::ofstream(path) << "GGUF\x01";
+  Result tiny = Kvfold({"generate", "--model", path, "--max-tokens", "1"});
+  EXPECT_EQ(tiny.exit_code, 1);
+  EXPECT_THAT(tiny.err, HasSubstr(path));
+  std::remove(path.c_str());
 }
 
 }  // namespace
