@@ -10,8 +10,21 @@ std::string_view DTypeName(DType t) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    case DType::kQ8_0:
+      return "Q8_0";
+    case DType::kQ4_0:
+      return "Q4_0";
+    case DType::kQ4_1:
+      return "Q4_1";
   }
   return "?";
+}
+
+size_t RowBytes(DType t, int64_t cols) {
+  CHECK(ValidCols(t, cols)) << DTypeName(t) << " row of " << cols << " elements (quantized rows "
+                            << "need a multiple of " << kQuantBlock << ")";
+  if (IsQuantized(t)) return static_cast<size_t>(cols / kQuantBlock) * BlockBytes(t);
+  return static_cast<size_t>(cols) * DTypeSize(t);
 }
 
 }  // namespace kvfold

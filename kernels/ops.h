@@ -2,13 +2,17 @@
 // kernels/cuda). Model code is written against this header only.
 //
 // Conventions:
-// - Tensors are row-major 2-D views (rows x cols). Activations are F32; weights may be F32, F16 or
-//   BF16 (quantized types join with GGUF). Accumulation is always F32.
+// - Tensors are row-major 2-D views (rows x cols). Activations are F32; weights may be F32, F16,
+//   BF16 or one of llama.cpp's block-quantized types (Q8_0, Q4_0, Q4_1). Accumulation is always
+//   F32.
 // - A batch is a flat list of tokens from several sequences. Sequence s owns the query rows
 //   [query_start[s], query_start[s + 1]).
 // - Determinism: every output element is reduced in a fixed order that depends only on the shapes
 //   of that sequence, never on how many tokens or sequences share the batch or how many threads
 //   run. A sequence's logits are therefore bit-identical whatever else is in the batch.
+//   On the CPU backend every ISA path (generic, AVX2, AVX-512; KVFOLD_ISA) gives the same bits too:
+//   no fused multiply-adds, one 16-lane order. A quantized matmul is bit-identical to the F32
+//   matmul over the dequantized weights (DequantizeRow's values).
 #pragma once
 
 #include <cstddef>
@@ -21,14 +25,47 @@
 
 namespace kvfold {
 
-enum class DType : uint8_t { kF32, kF16, kBF16 };
+// Quantized types are llama.cpp's (ggml) block formats, byte for byte, so GGUF tensor data is used
+// in place. Each row is cols / 32 blocks of 32 consecutive elements (cols % 32 == 0); d and m are
+// IEEE F16, little-endian:
+//   kQ8_0: {f16 d; int8 q[32]}        34 bytes   value[i] = q[i] * d
+//   kQ4_0: {f16 d; uint8 qs[16]}      18 bytes   value[i] = (nibble(i) - 8) * d
+//   kQ4_1: {f16 d; f16 m; uint8 qs[16]} 20 bytes value[i] = nibble(i) * d + m
+// where nibble(i) = qs[i] & 15 for i < 16 and qs[i - 16] >> 4 for i >= 16. Values are computed in
+// F32 exactly as written (one rounding per operation).
+enum class DType : uint8_t { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1 };
 
-constexpr size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+constexpr bool IsQuantized(DType t) { return t >= DType::kQ8_0; }
+constexpr int64_t kQuantBlock = 32;  // elements per quantized block
+// Bytes per element of an unquantized type; 0 for quantized types (use RowBytes).
+constexpr size_t DTypeSize(DType t) {
+  return t == DType::kF32 ? 4 : (t == DType::kF16 || t == DType::kBF16) ? 2 : 0;
+}
+// Bytes per block of a quantized type (kQuantBlock elements); DTypeSize for the others.
+constexpr size_t BlockBytes(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+      return 34;
+    case DType::kQ4_0:
+      return 18;
+    case DType::kQ4_1:
+      return 20;
+    default:
+      return DTypeSize(t);
+  }
+}
+// Whether a row of `cols` elements can be stored in `t` (quantized rows hold whole blocks).
+constexpr bool ValidCols(DType t, int64_t cols) {
+  return cols >= 0 && (!IsQuantized(t) || cols % kQuantBlock == 0);
+}
+// Bytes of one row of `cols` elements. CHECKs ValidCols.
+size_t RowBytes(DType t, int64_t cols);
 std::string_view DTypeName(DType t);
 
 enum class Device : uint8_t { kCpu, kCuda };
 
-// A non-owning view of a row-major 2-D array.
+// A non-owning view of a row-major 2-D array. For quantized dtypes `cols` counts logical elements
+// (a multiple of 32) and rows are RowBytes(dtype, cols) apart.
 struct TensorView {
   void* data = nullptr;
   DType dtype = DType::kF32;
@@ -36,7 +73,8 @@ struct TensorView {
   int64_t cols = 0;
 
   int64_t numel() const { return rows * cols; }
-  size_t nbytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
+  size_t row_bytes() const { return RowBytes(dtype, cols); }
+  size_t nbytes() const { return static_cast<size_t>(rows) * row_bytes(); }
   float* f32() const {
     DCHECK(dtype == DType::kF32);
     return static_cast<float*>(data);
@@ -44,7 +82,7 @@ struct TensorView {
   // Rows [begin, begin + count) of this view.
   TensorView Rows(int64_t begin, int64_t count) const {
     DCHECK(begin >= 0 && count >= 0 && begin + count <= rows);
-    return {static_cast<char*>(data) + begin * cols * DTypeSize(dtype), dtype, count, cols};
+    return {static_cast<char*>(data) + begin * row_bytes(), dtype, count, cols};
   }
 };
 
@@ -107,7 +145,7 @@ class Ops {
   virtual void CopyFromHost(const void* src, TensorView dst) = 0;
   virtual void CopyToHost(const TensorView& src, void* dst) = 0;
 
-  // out[i] = table[token_ids[i]] (table in any weight dtype, out F32).
+  // out[i] = table[token_ids[i]] (table in any weight dtype, quantized rows dequantized; out F32).
   virtual void Embedding(absl::Span<const int32_t> token_ids, const TensorView& table,
                          TensorView out) = 0;
   // out[i] = x[i] / sqrt(mean(x[i]^2) + eps) * weight. `out` may alias `x`.

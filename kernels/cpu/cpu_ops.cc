@@ -8,6 +8,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/numerics.h"
 #include "kernels/cpu/paged_attention.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace kvfold {
@@ -16,18 +17,6 @@ namespace {
 // Below this many multiply-adds an op runs on the calling thread: waking the pool costs more
 // than it saves (a decode step of a tiny model is all such ops).
 constexpr int64_t kMinParallelWork = 1 << 16;
-
-float LoadElement(const TensorView& t, int64_t i) {
-  switch (t.dtype) {
-    case DType::kF32:
-      return cpu::LoadF32()(t.data, i);
-    case DType::kBF16:
-      return cpu::LoadBf16()(t.data, i);
-    case DType::kF16:
-      return cpu::LoadF16()(t.data, i);
-  }
-  return 0.0f;
-}
 
 void CheckSameShape(const TensorView& a, const TensorView& b) {
   CHECK(a.rows == b.rows && a.cols == b.cols) << "shape mismatch: [" << a.rows << ", " << a.cols
@@ -45,7 +34,10 @@ void CheckCache(const KvCacheLayer& cache) {
 
 class CpuOps final : public Ops {
  public:
-  explicit CpuOps(int num_threads) : pool_(num_threads) {}
+  CpuOps(int num_threads, cpu::Isa isa)
+      : pool_(num_threads), matmul_rows_(cpu::MatMulRowsFor(isa)) {
+    VLOG(1) << "CPU backend: " << pool_.num_threads() << " threads, ISA " << cpu::IsaName(isa);
+  }
 
   Device device() const override { return Device::kCpu; }
   std::string_view name() const override { return "cpu"; }
@@ -74,11 +66,13 @@ class CpuOps final : public Ops {
                  TensorView out) override {
     CHECK_EQ(out.rows, static_cast<int64_t>(token_ids.size()));
     CHECK_EQ(out.cols, table.cols);
+    CHECK(out.dtype == DType::kF32) << "Embedding out must be F32";
+    const size_t row_bytes = table.row_bytes();
     for (size_t i = 0; i < token_ids.size(); ++i) {
       const int64_t id = token_ids[i];
       CHECK(id >= 0 && id < table.rows) << "token id " << id << " out of range";
-      float* o = out.f32() + static_cast<int64_t>(i) * out.cols;
-      for (int64_t c = 0; c < table.cols; ++c) o[c] = LoadElement(table, id * table.cols + c);
+      cpu::DequantizeRow(static_cast<const char*>(table.data) + id * row_bytes, table.dtype,
+                         table.cols, out.f32() + static_cast<int64_t>(i) * out.cols);
     }
   }
 
@@ -101,13 +95,16 @@ class CpuOps final : public Ops {
     CHECK_EQ(x.cols, w.cols) << "matmul inner dimensions differ";
     CHECK_EQ(out.rows, x.rows);
     CHECK_EQ(out.cols, w.rows);
+    CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32) << "MatMul x and out must be F32";
+    CHECK(ValidCols(w.dtype, w.cols))
+        << "MatMul: " << DTypeName(w.dtype) << " weight with " << w.cols << " columns";
     const float* b = nullptr;
     if (bias != nullptr) {
       CHECK_EQ(bias->numel(), w.rows);
       b = bias->f32();
     }
     Parallel(w.rows, x.rows * x.cols, [&](int64_t begin, int64_t end) {
-      cpu::MatMulRows(x.f32(), x.rows, x.cols, w.data, w.dtype, b, begin, end, out.f32(), out.cols);
+      matmul_rows_(x.f32(), x.rows, x.cols, w.data, w.dtype, b, begin, end, out.f32(), out.cols);
     });
   }
 
@@ -213,10 +210,25 @@ class CpuOps final : public Ops {
   }
 
   ThreadPool pool_;
+  const cpu::MatMulRowsFn matmul_rows_;
 };
 
 }  // namespace
 
-std::unique_ptr<Ops> NewCpuOps(int num_threads) { return std::make_unique<CpuOps>(num_threads); }
+absl::StatusOr<std::unique_ptr<Ops>> CreateCpuOps(int num_threads) {
+  absl::StatusOr<cpu::Isa> isa = cpu::IsaFromEnv();
+  if (!isa.ok()) return isa.status();
+  return NewCpuOps(num_threads, *isa);
+}
+
+std::unique_ptr<Ops> NewCpuOps(int num_threads, cpu::Isa isa) {
+  return std::make_unique<CpuOps>(num_threads, isa);
+}
+
+std::unique_ptr<Ops> NewCpuOps(int num_threads) {
+  absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(num_threads);
+  CHECK(ops.ok()) << ops.status().message();
+  return *std::move(ops);
+}
 
 }  // namespace kvfold

@@ -99,6 +99,8 @@ void CudaOps::Embedding(absl::Span<const int32_t> token_ids, const TensorView& t
                         TensorView out) {
   const auto num_tokens = static_cast<int64_t>(token_ids.size());
   CheckData(table, "Embedding table");
+  CHECK(!IsQuantized(table.dtype))
+      << "CUDA Embedding: " << DTypeName(table.dtype) << " tables unsupported";
   CheckShape(out, DType::kF32, num_tokens, table.cols, "Embedding out");
   for (const int32_t id : token_ids) {
     CHECK(id >= 0 && id < table.rows)

@@ -79,6 +79,8 @@ void LaunchEmbedding(const int32_t* token_ids, int64_t num_tokens, const void* t
       EmbeddingKernel<<<grid, kRowThreads, 0, stream>>>(
           token_ids, static_cast<const __nv_bfloat16*>(table), cols, out);
       break;
+    default:  // quantized tables: CudaOps::Embedding rejects them before launch
+      break;
   }
   KVFOLD_CUDA_CHECK_LAUNCH();
 }

@@ -37,6 +37,8 @@ cudaDataType_t CudaDataType(DType dtype) {
       return CUDA_R_16F;
     case DType::kBF16:
       return CUDA_R_16BF;
+    default:
+      break;
   }
   LOG(FATAL) << "unknown dtype";
 }
@@ -49,6 +51,8 @@ void CudaOps::MatMul(const TensorView& x, const TensorView& w, const TensorView*
   const int64_t k = x.cols;
   const int64_t m = w.rows;
   CheckShape(x, DType::kF32, n, k, "MatMul x");
+  // Quantized weights run natively on the CPU backend only, for now.
+  CHECK(!IsQuantized(w.dtype)) << "CUDA MatMul: " << DTypeName(w.dtype) << " weights unsupported";
   CheckShape(w, w.dtype, m, k, "MatMul w");
   CheckShape(out, DType::kF32, n, m, "MatMul out");
   if (bias != nullptr) CheckShape(*bias, DType::kF32, 1, m, "MatMul bias");

@@ -62,6 +62,8 @@ void LaunchConvertPadRows(const float* x, int64_t rows, int64_t padded_rows, int
       ConvertPadRowsKernel<<<blocks, kElementwiseThreads, 0, stream>>>(
           x, valid, total, static_cast<__nv_bfloat16*>(dst));
       break;
+    default:  // quantized weights: CudaOps::MatMul rejects them before staging
+      break;
   }
   KVFOLD_CUDA_CHECK_LAUNCH();
 }

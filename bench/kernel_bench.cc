@@ -1,0 +1,75 @@
+// CPU matmul speed per weight dtype, batch size and SIMD path, one thread: GFLOP/s (2·n·k·m per
+// call) and weight GB/s. Shapes: a SmolLM2-135M projection (k=576, m=1536) and a 7B-like one
+// (k=4096, m=4096). Run: build/bench/kvfold_kernel_bench. Results: bench/RESULTS.md.
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/numerics.h"
+
+namespace kvfold {
+namespace {
+
+constexpr DType kDtypes[] = {DType::kF32,  DType::kBF16, DType::kQ8_0,
+                             DType::kQ4_0, DType::kQ4_1, DType::kF16};
+constexpr cpu::Isa kIsas[] = {cpu::Isa::kGeneric, cpu::Isa::kAvx2, cpu::Isa::kAvx512};
+
+// Random bytes make valid weights of every dtype once the scales are sane: set each block's F16
+// scale (and Q4_1 min) to a small number, and float weights to small values.
+std::vector<uint8_t> RandomWeights(DType dtype, int64_t m, int64_t k) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(m) * RowBytes(dtype, k));
+  std::mt19937 rng(1);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+  const uint16_t small_f16 = 0x2000;  // 2^-7
+  if (IsQuantized(dtype)) {
+    for (size_t off = 0; off < bytes.size(); off += BlockBytes(dtype)) {
+      std::memcpy(&bytes[off], &small_f16, 2);
+      if (dtype == DType::kQ4_1) std::memcpy(&bytes[off + 2], &small_f16, 2);
+    }
+  } else {
+    std::vector<float> w(m * k);
+    for (float& f : w) f = static_cast<float>(rng() % 1000) / 1000.0f - 0.5f;
+    for (int64_t i = 0; i < m * k; ++i) {
+      if (dtype == DType::kF32) std::memcpy(&bytes[4 * i], &w[i], 4);
+      const uint16_t h = dtype == DType::kBF16 ? cpu::F32ToBf16(w[i]) : small_f16;
+      if (dtype != DType::kF32) std::memcpy(&bytes[2 * i], &h, 2);
+    }
+  }
+  return bytes;
+}
+
+// Args: dtype index, n, k, m, isa index.
+void BM_MatMul(benchmark::State& state) {
+  const DType dtype = kDtypes[state.range(0)];
+  const int64_t n = state.range(1), k = state.range(2), m = state.range(3);
+  const cpu::Isa isa = kIsas[state.range(4)];
+  if (!cpu::IsaSupported(isa)) return state.SkipWithError("ISA not supported here");
+  state.SetLabel(std::string(DTypeName(dtype)) + "/" + std::string(cpu::IsaName(isa)));
+  std::unique_ptr<Ops> ops = NewCpuOps(1, isa);
+  std::vector<uint8_t> w = RandomWeights(dtype, m, k);
+  std::vector<float> x(n * k, 0.25f), out(n * m);
+  const TensorView wv{w.data(), dtype, m, k};
+  for (auto _ : state) {
+    ops->MatMul({x.data(), DType::kF32, n, k}, wv, nullptr, {out.data(), DType::kF32, n, m});
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double calls = static_cast<double>(state.iterations());
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * n * k * m * calls, benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(1e-9 * w.size() * calls, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_MatMul)
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 16}, {576}, {1536}, {0, 1, 2}})
+    ->ArgsProduct({{0, 1, 2, 3, 4}, {1, 16}, {4096}, {4096}, {0, 1, 2}})
+    ->ArgNames({"dtype", "n", "k", "m", "isa"})
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace kvfold
+
+BENCHMARK_MAIN();
