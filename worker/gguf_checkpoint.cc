@@ -47,6 +47,24 @@ std::optional<TypeInfo> InfoOf(uint32_t type) {
   return std::nullopt;
 }
 
+DType ToDType(GgmlType type) {
+  switch (type) {
+    case GgmlType::kF32:
+      return DType::kF32;
+    case GgmlType::kF16:
+      return DType::kF16;
+    case GgmlType::kBF16:
+      return DType::kBF16;
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+  }
+  LOG(FATAL) << "unchecked ggml type " << static_cast<uint32_t>(type);
+}
+
 float Half(const uint8_t* p) {
   uint16_t h = 0;
   std::memcpy(&h, p, sizeof(h));
@@ -281,7 +299,6 @@ absl::StatusOr<TensorView> GgufCheckpoint::Materialize(const GgufTensorInfo& inf
   KVFOLD_ASSIGN_OR_RETURN(const RawTensor raw, Locate(info, file_->tensor_data(), what));
   const uint64_t rows = raw.rows, cols = raw.cols, row_bytes = raw.row_bytes;
   const char* src = raw.src;
-  const TypeInfo* type = &raw.type;
   int64_t rows_per_head = 0;  // 0: rows stay in place
   if (hf_name.ends_with("q_proj.weight") || hf_name.ends_with("k_proj.weight")) {
     const int heads = hf_name.ends_with("q_proj.weight") ? config_.num_heads : config_.num_kv_heads;
@@ -291,27 +308,22 @@ absl::StatusOr<TensorView> GgufCheckpoint::Materialize(const GgufTensorInfo& inf
     }
     rows_per_head = static_cast<int64_t>(rows / heads);
   }
-  const bool quantized = type->block_values > 1;
-  const DType dtype = static_cast<GgmlType>(info.ggml_type) == GgmlType::kF16    ? DType::kF16
-                      : static_cast<GgmlType>(info.ggml_type) == GgmlType::kBF16 ? DType::kBF16
-                                                                                 : DType::kF32;
-  const bool aligned = reinterpret_cast<uintptr_t>(src) % DTypeSize(dtype) == 0;
-  if (!quantized && rows_per_head == 0 && aligned) {
+  // Every type is served natively (the kernels read llama.cpp's quantized blocks as they are);
+  // only permuted Q/K rows, or rows the mapping leaves misaligned, are copied.
+  const DType dtype = ToDType(static_cast<GgmlType>(info.ggml_type));
+  const uint64_t out_row_bytes = RowBytes(dtype, static_cast<int64_t>(cols));
+  CHECK_EQ(out_row_bytes, row_bytes);
+  const size_t alignment = dtype == DType::kF32 ? 4 : 2;
+  const bool aligned = reinterpret_cast<uintptr_t>(src) % alignment == 0;
+  if (rows_per_head == 0 && aligned) {
     return TensorView{const_cast<char*>(src), dtype, static_cast<int64_t>(rows),
                       static_cast<int64_t>(cols)};
   }
-  const uint64_t out_row_bytes = cols * DTypeSize(dtype);
   owned_.push_back(std::make_unique<char[]>(rows * out_row_bytes));
   char* out = owned_.back().get();
   for (uint64_t r = 0; r < rows; ++r) {
     const uint64_t s = rows_per_head > 0 ? SourceRow(static_cast<int64_t>(r), rows_per_head) : r;
-    const char* row = src + s * row_bytes;
-    if (quantized) {
-      DequantizeRow(static_cast<GgmlType>(info.ggml_type), row, static_cast<int64_t>(cols),
-                    reinterpret_cast<float*>(out + r * out_row_bytes));
-    } else {
-      std::memcpy(out + r * out_row_bytes, row, out_row_bytes);
-    }
+    std::memcpy(out + r * out_row_bytes, src + s * row_bytes, out_row_bytes);
   }
   return TensorView{out, dtype, static_cast<int64_t>(rows), static_cast<int64_t>(cols)};
 }
