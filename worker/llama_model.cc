@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/numerics.h"
+#include "kernels/cpu/quant.h"
 #include "worker/rope.h"
 #include "worker/status_macros.h"
 
@@ -68,20 +68,7 @@ class WeightPlacer {
     absl::StatusOr<TensorView> host = ckpt_.Get(name, 1, n);
     if (!host.ok()) return host.status();
     std::vector<float> values(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const void* p = host->data;
-      switch (host->dtype) {
-        case DType::kF32:
-          values[i] = cpu::LoadF32()(p, i);
-          break;
-        case DType::kBF16:
-          values[i] = cpu::LoadBf16()(p, i);
-          break;
-        case DType::kF16:
-          values[i] = cpu::LoadF16()(p, i);
-          break;
-      }
-    }
+    cpu::DequantizeRow(host->data, host->dtype, n, values.data());  // any stored dtype
     Tensor t = ops_.Allocate(DType::kF32, 1, n);
     ops_.CopyFromHost(values.data(), t.view());
     return t;

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "scheduler/engine.h"
+#include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/checkpoint.h"
 #include "worker/kv_cache.h"
@@ -69,10 +70,8 @@ class EngineBatchInvarianceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ops_ = NewCpuOps(2);
-    absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt =
-        Checkpoint::Open(testing::SourcePath("models/stories260K"));
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(ckpt), *ops_);
+    absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+        testing::LoadModel(testing::SourcePath("models/stories260K"), *ops_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
   }

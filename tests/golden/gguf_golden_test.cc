@@ -21,9 +21,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/llama_model.h"
-#include "worker/model_loader.h"
 #include "worker/safetensors.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
@@ -31,27 +31,12 @@
 namespace kvfold {
 namespace {
 
-std::vector<float> Floats(const SafetensorsFile& f, const std::string& name) {
-  const SafetensorsTensor* t = f.Find(name);
-  if (t == nullptr) {
-    ADD_FAILURE() << name << " missing";
-    return {};
-  }
-  const float* p = static_cast<const float*>(t->data);
-  return std::vector<float>(p, p + t->nbytes / sizeof(float));
-}
+using testing::GoldenFloats;
+using testing::GoldenIds;
 
-std::vector<int32_t> Ids(const SafetensorsFile& f, const std::string& name) {
-  std::vector<int32_t> ids;
-  for (float x : Floats(f, name)) ids.push_back(static_cast<int32_t>(x));
-  return ids;
-}
-
+// A test failure (and nullptr) when the model does not load.
 std::unique_ptr<LlamaModel> LoadModel(const std::string& path, Ops& ops) {
-  auto weights = OpenWeights(path);
-  EXPECT_TRUE(weights.ok()) << weights.status();
-  if (!weights.ok()) return nullptr;
-  auto model = LlamaModel::Load(*std::move(weights), ops);
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model = testing::LoadModel(path, ops);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *std::move(model) : nullptr;
 }
@@ -69,8 +54,8 @@ void CompareAllPositions(const std::string& gguf, float tolerance_over_max, floa
   const int num_seqs = std::stoi((*golden)->metadata().at("num_seqs"));
   float worst = 0;
   for (int s = 0; s < num_seqs; ++s) {
-    const std::vector<int32_t> ids = Ids(**golden, "seq" + std::to_string(s) + ".input_ids");
-    const std::vector<float> want = Floats(**golden, "seq" + std::to_string(s) + ".logits");
+    const std::vector<int32_t> ids = GoldenIds(**golden, "seq" + std::to_string(s) + ".input_ids");
+    const std::vector<float> want = GoldenFloats(**golden, "seq" + std::to_string(s) + ".logits");
     SequenceRunner runner(*model, *ops, static_cast<int32_t>(ids.size()));
     auto got = runner.Append(ids, /*all_logits=*/true);
     ASSERT_TRUE(got.ok()) << got.status();
@@ -112,8 +97,9 @@ TEST(GgufGoldenTest, DefaultModelMatchesTransformers) {
   const float tolerance = 2e-5f * std::stof(meta.at("max_abs_logit")) + 5e-5f;
   float worst = 0;
   for (int s = 0; s < std::stoi(meta.at("num_seqs")); ++s) {
-    const std::vector<int32_t> ids = Ids(**golden, "seq" + std::to_string(s) + ".input_ids");
-    const std::vector<float> want = Floats(**golden, "seq" + std::to_string(s) + ".last_logits");
+    const std::vector<int32_t> ids = GoldenIds(**golden, "seq" + std::to_string(s) + ".input_ids");
+    const std::vector<float> want =
+        GoldenFloats(**golden, "seq" + std::to_string(s) + ".last_logits");
     SequenceRunner runner(*model, *ops, static_cast<int32_t>(ids.size()));
     auto got = runner.Append(ids);
     ASSERT_TRUE(got.ok()) << got.status();
@@ -124,8 +110,8 @@ TEST(GgufGoldenTest, DefaultModelMatchesTransformers) {
             << tolerance << ")\n";
   EXPECT_LE(worst, tolerance);
 
-  const std::vector<int32_t> prompt = Ids(**golden, "greedy.prompt_ids");
-  const std::vector<int32_t> want = Ids(**golden, "greedy.output_ids");
+  const std::vector<int32_t> prompt = GoldenIds(**golden, "greedy.prompt_ids");
+  const std::vector<int32_t> want = GoldenIds(**golden, "greedy.output_ids");
   SequenceRunner runner(*model, *ops, static_cast<int32_t>(prompt.size() + want.size()));
   auto logits = runner.Append(prompt);
   ASSERT_TRUE(logits.ok()) << logits.status();

@@ -15,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/checkpoint.h"
 #include "worker/llama_model.h"
@@ -32,21 +33,6 @@ struct Golden {
   float max_abs_logit = 0;
 };
 
-std::vector<float> Floats(const SafetensorsFile& f, const std::string& name) {
-  const SafetensorsTensor* t = f.Find(name);
-  EXPECT_NE(t, nullptr) << name;
-  if (t == nullptr) return {};
-  EXPECT_EQ(t->dtype, DType::kF32);
-  const float* p = static_cast<const float*>(t->data);
-  return std::vector<float>(p, p + t->nbytes / sizeof(float));
-}
-
-std::vector<int32_t> Ids(const SafetensorsFile& f, const std::string& name) {
-  std::vector<int32_t> ids;
-  for (float x : Floats(f, name)) ids.push_back(static_cast<int32_t>(x));
-  return ids;
-}
-
 Golden ReadGolden(const std::string& path) {
   auto file = SafetensorsFile::Open(path);
   EXPECT_TRUE(file.ok()) << file.status();
@@ -56,11 +42,11 @@ Golden ReadGolden(const std::string& path) {
   EXPECT_EQ(meta.at("format_version"), "1");
   const int num_seqs = std::stoi(meta.at("num_seqs"));
   for (int i = 0; i < num_seqs; ++i) {
-    g.inputs.push_back(Ids(**file, "seq" + std::to_string(i) + ".input_ids"));
-    g.logits.push_back(Floats(**file, "seq" + std::to_string(i) + ".logits"));
+    g.inputs.push_back(testing::GoldenIds(**file, "seq" + std::to_string(i) + ".input_ids"));
+    g.logits.push_back(testing::GoldenFloats(**file, "seq" + std::to_string(i) + ".logits"));
   }
-  g.greedy_prompt = Ids(**file, "greedy.prompt_ids");
-  g.greedy_output = Ids(**file, "greedy.output_ids");
+  g.greedy_prompt = testing::GoldenIds(**file, "greedy.prompt_ids");
+  g.greedy_output = testing::GoldenIds(**file, "greedy.output_ids");
   g.max_abs_logit = std::stof(meta.at("max_abs_logit"));
   return g;
 }
@@ -71,9 +57,7 @@ class GoldenTest : public ::testing::TestWithParam<std::pair<std::string, std::s
     const auto& [model_dir, golden] = GetParam();
     golden_ = ReadGolden(testing::SourcePath("tests/fixtures/golden/" + golden));
     ASSERT_FALSE(golden_.inputs.empty());
-    auto ckpt = Checkpoint::Open(testing::SourcePath(model_dir));
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    auto model = LlamaModel::Load(*std::move(ckpt), *ops_);
+    auto model = testing::LoadModel(testing::SourcePath(model_dir), *ops_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
     tolerance_ = 2e-5f * golden_.max_abs_logit + 5e-5f;

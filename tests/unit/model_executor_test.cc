@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/checkpoint.h"
 #include "worker/sampler.h"
@@ -29,10 +30,8 @@ class ModelExecutorTest : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
     ops_ = NewCpuOps(2);
-    absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt =
-        Checkpoint::Open(testing::SourcePath("models/stories260K"));
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(ckpt), *ops_);
+    absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+        testing::LoadModel(testing::SourcePath("models/stories260K"), *ops_);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
     cache_ = std::make_unique<KvCache>(*ops_, model_->config(), kNumBlocks, kBlockSize, GetParam());
