@@ -12,7 +12,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "glog/logging.h"
-#include "kernels/cpu/numerics.h"
 #include "worker/status_macros.h"
 
 namespace kvfold {
@@ -63,12 +62,6 @@ DType ToDType(GgmlType type) {
       return DType::kQ4_1;
   }
   LOG(FATAL) << "unchecked ggml type " << static_cast<uint32_t>(type);
-}
-
-float Half(const uint8_t* p) {
-  uint16_t h = 0;
-  std::memcpy(&h, p, sizeof(h));
-  return cpu::F16ToF32(h);
 }
 
 // llama.cpp's converter interleaves each head's two RoPE halves (HF -> GGUF is
@@ -176,37 +169,6 @@ std::optional<std::string> HfTensorName(std::string_view gguf_name) {
     if (stem == from) return absl::StrCat("model.layers.", layer, ".", to, Sv(suffix));
   }
   return std::nullopt;
-}
-
-void DequantizeRow(GgmlType type, const void* blocks, int64_t count, float* out) {
-  const auto* p = static_cast<const uint8_t*>(blocks);
-  for (int64_t b = 0; b < count / kBlock; ++b, out += kBlock) {
-    const float d = Half(p);
-    switch (type) {
-      case GgmlType::kQ8_0:
-        for (int j = 0; j < kBlock; ++j) out[j] = d * static_cast<float>(int8_t(p[2 + j]));
-        p += 34;
-        break;
-      case GgmlType::kQ4_0:
-        for (int j = 0; j < kBlock / 2; ++j) {
-          out[j] = d * static_cast<float>((p[2 + j] & 0xF) - 8);
-          out[j + kBlock / 2] = d * static_cast<float>((p[2 + j] >> 4) - 8);
-        }
-        p += 18;
-        break;
-      case GgmlType::kQ4_1: {
-        const float m = Half(p + 2);
-        for (int j = 0; j < kBlock / 2; ++j) {
-          out[j] = d * static_cast<float>(p[4 + j] & 0xF) + m;
-          out[j + kBlock / 2] = d * static_cast<float>(p[4 + j] >> 4) + m;
-        }
-        p += 20;
-        break;
-      }
-      default:
-        LOG(FATAL) << "not a quantized type: " << static_cast<uint32_t>(type);
-    }
-  }
 }
 
 absl::StatusOr<std::unique_ptr<GgufCheckpoint>> GgufCheckpoint::Open(const std::string& path) {

@@ -32,9 +32,6 @@ enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0
 // "model.layers.3.self_attn.q_proj.weight"), or nullopt for a name with no counterpart.
 std::optional<std::string> HfTensorName(std::string_view gguf_name);
 
-// Dequantizes `count` values (a multiple of the block size, 32) of Q8_0/Q4_0/Q4_1 blocks.
-void DequantizeRow(GgmlType type, const void* blocks, int64_t count, float* out);
-
 class GgufCheckpoint final : public WeightSource {
  public:
   static absl::StatusOr<std::unique_ptr<GgufCheckpoint>> Open(const std::string& path);

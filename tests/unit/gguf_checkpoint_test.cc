@@ -53,12 +53,14 @@ TEST(GgufCheckpointTest, MapsLlamaCppNamesToHuggingFace) {
   EXPECT_EQ(HfTensorName("rope_freqs.weight"), std::nullopt);
 }
 
+// The loader serves GGUF blocks to the kernels as they are: the kernels must read llama.cpp's
+// layout.
 TEST(GgufCheckpointTest, DequantizesLlamaCppBlocks) {
   // Q8_0: scale 0.5 (F16 0x3800), values -3, 0, 7, ...
   std::vector<uint8_t> q8(34, 0);
   q8[0] = 0x00, q8[1] = 0x38, q8[2] = static_cast<uint8_t>(-3), q8[4] = 7;
   std::vector<float> out(32);
-  DequantizeRow(GgmlType::kQ8_0, q8.data(), 32, out.data());
+  cpu::DequantizeRow(q8.data(), DType::kQ8_0, 32, out.data());
   EXPECT_EQ(out[0], -1.5f);
   EXPECT_EQ(out[1], 0.0f);
   EXPECT_EQ(out[2], 3.5f);
@@ -66,14 +68,14 @@ TEST(GgufCheckpointTest, DequantizesLlamaCppBlocks) {
   std::vector<uint8_t> q41 = {0x00, 0x40, 0x00, 0xBC};
   q41.resize(20, 0);
   q41[4] = 0x3F;  // low nibble 15, high nibble 3
-  DequantizeRow(GgmlType::kQ4_1, q41.data(), 32, out.data());
+  cpu::DequantizeRow(q41.data(), DType::kQ4_1, 32, out.data());
   EXPECT_EQ(out[0], 29.0f);  // 2 * 15 - 1
   EXPECT_EQ(out[16], 5.0f);  // 2 * 3 - 1
   EXPECT_EQ(out[1], -1.0f);
   // Q4_0: scale 1 (0x3C00); nibbles are offset by 8.
   std::vector<uint8_t> q40 = {0x00, 0x3C, 0x90};
   q40.resize(18, 0x88);
-  DequantizeRow(GgmlType::kQ4_0, q40.data(), 32, out.data());
+  cpu::DequantizeRow(q40.data(), DType::kQ4_0, 32, out.data());
   EXPECT_EQ(out[0], -8.0f);  // low nibble 0
   EXPECT_EQ(out[16], 1.0f);  // high nibble 9
   EXPECT_EQ(out[1], 0.0f);
