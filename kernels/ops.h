@@ -103,14 +103,17 @@ class Tensor {
   std::unique_ptr<void, Deleter> owner_{nullptr, +[](void*) {}};
 };
 
-// One layer's paged KV cache. K and V are each [num_blocks * block_size, num_kv_heads * head_dim]:
-// the row of token slot `block_id * block_size + offset`. Both are F32 or both BF16 (written
-// rounded to nearest even, read back into F32 arithmetic).
+// One layer's paged KV cache. K is [num_blocks * block_size, num_k_heads * head_dim] and V
+// [num_blocks * block_size, num_v_heads * head_dim]: the row of token slot
+// `block_id * block_size + offset`. Both are F32 or both BF16 (written rounded to nearest even,
+// read back into F32 arithmetic). A folded layer (attention plans) may store fewer K heads than V
+// heads, or none: a layer without K has num_k_heads == 0 and an empty k view.
 struct KvCacheLayer {
   TensorView k;
   TensorView v;
   int32_t block_size = 0;
-  int32_t num_kv_heads = 0;
+  int32_t num_k_heads = 0;
+  int32_t num_v_heads = 0;
   int32_t head_dim = 0;
 };
 

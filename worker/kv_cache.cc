@@ -36,7 +36,7 @@ KvCache::KvCache(Ops& ops, const ModelConfig& config, int32_t num_blocks, int32_
 
 KvCacheLayer KvCache::layer(int index) const {
   const KvLayerShape& s = shapes_[index];
-  return {k_[index].view(), v_[index].view(), block_size_, s.k_heads, s.head_dim};
+  return {k_[index].view(), v_[index].view(), block_size_, s.k_heads, s.v_heads, s.head_dim};
 }
 
 size_t KvCache::BytesPerToken(const ModelConfig& config, DType dtype) {

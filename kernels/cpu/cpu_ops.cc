@@ -23,13 +23,14 @@ void CheckSameShape(const TensorView& a, const TensorView& b) {
                                               << "] vs [" << b.rows << ", " << b.cols << "]";
 }
 
-// K and V: same shape, both F32 or both BF16, rows of num_kv_heads * head_dim.
+// K and V: same shape, both F32 or both BF16, rows of num_k_heads * head_dim.
 void CheckCache(const KvCacheLayer& cache) {
   CheckSameShape(cache.k, cache.v);
   CHECK(cache.k.dtype == cache.v.dtype) << "K and V caches differ in dtype";
   CHECK(cache.k.dtype == DType::kF32 || cache.k.dtype == DType::kBF16)
       << "KV cache dtype " << DTypeName(cache.k.dtype) << " is not F32 or BF16";
-  CHECK_EQ(cache.k.cols, static_cast<int64_t>(cache.num_kv_heads) * cache.head_dim);
+  CHECK_EQ(cache.num_k_heads, cache.num_v_heads) << "folded KV layers need FoldedPagedAttention";
+  CHECK_EQ(cache.k.cols, static_cast<int64_t>(cache.num_k_heads) * cache.head_dim);
 }
 
 class CpuOps final : public Ops {
@@ -160,7 +161,7 @@ class CpuOps final : public Ops {
     CheckSameShape(q, out);
     CheckCache(cache);
     CHECK_EQ(q.cols, static_cast<int64_t>(num_heads) * cache.head_dim);
-    CHECK_EQ(num_heads % cache.num_kv_heads, 0);
+    CHECK_EQ(num_heads % cache.num_k_heads, 0);
     CHECK_EQ(static_cast<int64_t>(batch.query_start.size()), batch.num_seqs() + 1);
     CHECK_EQ(batch.query_start.back(), q.rows);
     int64_t work = 0;

@@ -30,8 +30,8 @@ __attribute__((always_inline)) inline void AttendTasksAs(const TensorView& q,
                                                          int64_t task_end, TensorView out) {
   const Load load;
   const int d = cache.head_dim;
-  const int group = num_heads / cache.num_kv_heads;
-  const int64_t kv_stride = static_cast<int64_t>(cache.num_kv_heads) * d;
+  const int group = num_heads / cache.num_k_heads;
+  const int64_t kv_stride = static_cast<int64_t>(cache.num_k_heads) * d;
   const size_t elem = DTypeSize(cache.k.dtype);
   const char* k_cache = static_cast<const char*>(cache.k.data);
   const char* v_cache = static_cast<const char*>(cache.v.data);

@@ -9,10 +9,12 @@ namespace kvfold::cuda {
 namespace {
 
 void CheckCache(const KvCacheLayer& cache) {
-  CHECK(cache.block_size > 0 && cache.num_kv_heads > 0 && cache.head_dim > 0)
-      << "KV cache: block_size " << cache.block_size << ", num_kv_heads " << cache.num_kv_heads
+  CHECK(cache.block_size > 0 && cache.num_k_heads > 0 && cache.head_dim > 0)
+      << "KV cache: block_size " << cache.block_size << ", num_k_heads " << cache.num_k_heads
       << ", head_dim " << cache.head_dim;
-  const int64_t width = static_cast<int64_t>(cache.num_kv_heads) * cache.head_dim;
+  CHECK_EQ(cache.num_k_heads, cache.num_v_heads)
+      << "folded KV layers are not supported on CUDA yet";
+  const int64_t width = static_cast<int64_t>(cache.num_k_heads) * cache.head_dim;
   CHECK(cache.k.dtype == DType::kF32 || cache.k.dtype == DType::kBF16)
       << "KV cache dtype " << DTypeName(cache.k.dtype) << " is not F32 or BF16";
   CheckShape(cache.k, cache.k.dtype, cache.k.rows, width, "KV cache k");
@@ -88,9 +90,9 @@ void CudaOps::PagedAttention(const TensorView& q, const KvCacheLayer& cache,
                              const AttentionBatch& batch, int num_heads, float scale,
                              TensorView out) {
   CheckCache(cache);
-  CHECK(num_heads > 0 && num_heads % cache.num_kv_heads == 0)
-      << "PagedAttention: num_heads " << num_heads << " is not a multiple of num_kv_heads "
-      << cache.num_kv_heads;
+  CHECK(num_heads > 0 && num_heads % cache.num_k_heads == 0)
+      << "PagedAttention: num_heads " << num_heads << " is not a multiple of num_k_heads "
+      << cache.num_k_heads;
   CHECK_LE(cache.head_dim, kMaxAttentionHeadDim) << "PagedAttention: head_dim";
   const int64_t width = static_cast<int64_t>(num_heads) * cache.head_dim;
   CheckShape(q, DType::kF32, q.rows, width, "PagedAttention q");
@@ -117,7 +119,7 @@ void CudaOps::PagedAttention(const TensorView& q, const KvCacheLayer& cache,
   params.max_blocks_per_seq = batch.max_blocks_per_seq;
   params.block_size = cache.block_size;
   params.num_heads = num_heads;
-  params.num_kv_heads = cache.num_kv_heads;
+  params.num_kv_heads = cache.num_k_heads;
   params.head_dim = cache.head_dim;
   params.scale = scale;
   LaunchPagedAttention(params, stream_);

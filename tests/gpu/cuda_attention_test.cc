@@ -106,9 +106,9 @@ class CudaAttentionTest : public BackendPairTest {
         Upload(RandomArray(rng, DType::kF32, n, int64_t{c.num_heads} * c.head_dim));
     const TensorPair out = Zeros(n, int64_t{c.num_heads} * c.head_dim);
     const KvCacheLayer cpu_cache{k_cache.cpu.view(), v_cache.cpu.view(), c.block_size,
-                                 c.num_kv_heads, c.head_dim};
+                                 c.num_kv_heads,     c.num_kv_heads,     c.head_dim};
     const KvCacheLayer gpu_cache{k_cache.gpu.view(), v_cache.gpu.view(), c.block_size,
-                                 c.num_kv_heads, c.head_dim};
+                                 c.num_kv_heads,     c.num_kv_heads,     c.head_dim};
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
     cpu_->WriteKv(k.cpu.view(), v.cpu.view(), batch.View(), cpu_cache);
@@ -176,8 +176,8 @@ TEST_F(CudaAttentionTest, SequenceOutputIsBatchInvariant) {
   const int64_t cache_rows = int64_t{batch.num_blocks} * c.block_size;
   const Tensor k_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width)).gpu;
   const Tensor v_cache = Upload(RandomArray(rng, DType::kF32, cache_rows, width)).gpu;
-  const KvCacheLayer cache{k_cache.view(), v_cache.view(), c.block_size, c.num_kv_heads,
-                           c.head_dim};
+  const KvCacheLayer cache{k_cache.view(), v_cache.view(), c.block_size,
+                           c.num_kv_heads, c.num_kv_heads, c.head_dim};
   const Tensor q = Upload(RandomArray(rng, DType::kF32, batch.num_rows(), q_width)).gpu;
   const Tensor out = gpu_->Allocate(DType::kF32, batch.num_rows(), q_width);
   gpu_->PagedAttention(q.view(), cache, batch.View(), c.num_heads, 0.125f, out.view());

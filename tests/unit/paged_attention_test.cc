@@ -64,7 +64,8 @@ TEST_P(PagedAttentionTest, MatchesNaiveCausalAttention) {
   const int64_t slots = static_cast<int64_t>(ids.size()) * c.block_size;
   Tensor k_cache = ops->Allocate(dtype, slots, kv_width);
   Tensor v_cache = ops->Allocate(dtype, slots, kv_width);
-  KvCacheLayer cache{k_cache.view(), v_cache.view(), c.block_size, c.num_kv_heads, c.head_dim};
+  KvCacheLayer cache{k_cache.view(), v_cache.view(), c.block_size,
+                     c.num_kv_heads, c.num_kv_heads, c.head_dim};
 
   // Full K/V per sequence; the cached prefix is written first, then this step's rows.
   std::vector<std::vector<float>> k_full(num_seqs), v_full(num_seqs);
@@ -177,7 +178,7 @@ TEST(Bf16KvCacheTest, WriteKvRoundsToNearestEven) {
   std::vector<float> k = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -2.5f, std::nanf("")};
   std::vector<float> v = {0.0f, -0.0f, 1e30f, 3.0f};
   Tensor kc = ops->Allocate(DType::kBF16, 2, 4), vc = ops->Allocate(DType::kBF16, 2, 4);
-  const KvCacheLayer cache{kc.view(), vc.view(), 2, 1, 4};
+  const KvCacheLayer cache{kc.view(), vc.view(), 2, 1, 1, 4};
   const std::vector<int64_t> slots = {1};
   AttentionBatch batch;
   batch.slot_mapping = slots;
