@@ -85,10 +85,8 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   }
   const int32_t capacity = std::min(config.MaxContext(), prompt_len + max_tokens);
   SequenceRunner runner(*l.model, *l.ops, capacity, kv_dtype);
-  std::cerr << KvMemoryLine(
-                   config, l.model->plan(), absl::GetFlag(FLAGS_attention_plan), kv_dtype,
-                   (capacity + SequenceRunner::kBlockSize - 1) / SequenceRunner::kBlockSize,
-                   SequenceRunner::kBlockSize, capacity)
+  std::cerr << KvMemoryLine(config, l.model->plan(), absl::GetFlag(FLAGS_attention_plan), kv_dtype,
+                            /*num_blocks=*/0, SequenceRunner::kBlockSize, capacity)
             << "\n";
   IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
   std::cout << prompt << std::flush;
