@@ -9,7 +9,7 @@ packages=(
   libabsl-dev libgoogle-glog-dev libgflags-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libgloo-dev libboost-dev libcpp-httplib-dev libpcre2-dev libicu-dev
+  libgloo-dev libboost-dev libcpp-httplib-dev libpcre2-dev libicu-dev libssl-dev
 )
 
 missing=()

@@ -11,16 +11,20 @@
 
 namespace kvfold {
 
+// A layer's weights; those its plan mode never reads stay empty (drop: every attention weight;
+// kv_from: K and V projections).
 struct LlamaModel::Layer {
   Tensor input_norm, post_attention_norm;
   TensorView wq, wk, wv, wo, w_gate, w_up, w_down;
   Tensor bq, bk, bv, bo, b_gate, b_up, b_down;  // empty unless the checkpoint has biases
+  Tensor drop_bias;                             // drop with a calibrated bias: [1, hidden]
 };
 
 // Activations for one step, grown to the largest batch seen.
 struct LlamaModel::Workspace {
   int64_t num_tokens = 0, num_logits = 0;
   Tensor x, h, q, k, v, attn, o, gate, up, last, logits;
+  std::vector<int32_t> zero_rows;  // num_tokens zeros: GatherRows broadcasts a [1, d] row
 };
 
 namespace {
@@ -33,15 +37,31 @@ std::string LayerName(int i, std::string_view leaf) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops)
-    : weights_(std::move(weights)), ops_(ops), ws_(std::make_unique<Workspace>()) {}
+LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan)
+    : weights_(std::move(weights)),
+      ops_(ops),
+      plan_(std::move(plan)),
+      ws_(std::make_unique<Workspace>()) {}
 
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<WeightSource> weights,
-                                                             Ops& ops) {
+                                                             Ops& ops, AttentionPlan plan) {
   if (weights == nullptr) return absl::InvalidArgumentError("no weights");
-  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops));
+  const ModelConfig& config = weights->config();
+  if (plan.layers.empty()) plan.layers = FullAttentionPlan(config).layers;
+  const std::string source = plan.id.empty() ? "attention plan" : "attention plan " + plan.id;
+  KVFOLD_RETURN_IF_ERROR(ValidateAttentionPlan(plan, config, /*tp=*/1, source));
+  for (size_t i = 0; i < plan.layers.size(); ++i) {
+    const AttentionMode mode = plan.layers[i].mode;
+    if (mode == AttentionMode::kShare || mode == AttentionMode::kCluster) {
+      return absl::UnimplementedError(
+          absl::StrCat(source, ": layer ", i, " (", std::string(AttentionModeName(mode)),
+                       ") needs the folded attention kernel, which this build lacks"));
+    }
+  }
+  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops, std::move(plan)));
+  model->kv_shapes_ = KvLayerShapes(model->config(), model->plan_);
   if (absl::Status s = model->LoadWeights(); !s.ok()) return s;
   return model;
 }
@@ -109,24 +129,33 @@ absl::Status LlamaModel::LoadWeights() {
   layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     Layer& l = layers_[i];
+    const LayerPlan& p = plan_.layers[i];
     auto name = [i](std::string_view leaf) { return LayerName(i, leaf); };
-    KVFOLD_ASSIGN_OR_RETURN(l.input_norm, w.Vector(name("input_layernorm.weight"), d));
+    if (p.mode != AttentionMode::kDrop) {
+      KVFOLD_ASSIGN_OR_RETURN(l.input_norm, w.Vector(name("input_layernorm.weight"), d));
+      KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
+      KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Matrix(name("self_attn.o_proj.weight"), d, q_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.bq,
+                              w.OptionalVector(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
+    }
+    if (p.mode == AttentionMode::kFull) {
+      KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Matrix(name("self_attn.k_proj.weight"), kv_dim, d));
+      KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
+      KVFOLD_ASSIGN_OR_RETURN(l.bk,
+                              w.OptionalVector(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.bv,
+                              w.OptionalVector(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim));
+    }
+    if (p.mode == AttentionMode::kDrop && !p.bias.empty()) {
+      l.drop_bias = ops_.Allocate(DType::kF32, 1, d);
+      ops_.CopyFromHost(p.bias.data(), l.drop_bias.view());
+    }
     KVFOLD_ASSIGN_OR_RETURN(l.post_attention_norm,
                             w.Vector(name("post_attention_layernorm.weight"), d));
-    KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
-    KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Matrix(name("self_attn.k_proj.weight"), kv_dim, d));
-    KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
-    KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Matrix(name("self_attn.o_proj.weight"), d, q_dim));
     KVFOLD_ASSIGN_OR_RETURN(l.w_gate, w.Matrix(name("mlp.gate_proj.weight"), ffn, d));
     KVFOLD_ASSIGN_OR_RETURN(l.w_up, w.Matrix(name("mlp.up_proj.weight"), ffn, d));
     KVFOLD_ASSIGN_OR_RETURN(l.w_down, w.Matrix(name("mlp.down_proj.weight"), d, ffn));
-    KVFOLD_ASSIGN_OR_RETURN(l.bq,
-                            w.OptionalVector(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim));
-    KVFOLD_ASSIGN_OR_RETURN(l.bk,
-                            w.OptionalVector(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim));
-    KVFOLD_ASSIGN_OR_RETURN(l.bv,
-                            w.OptionalVector(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim));
-    KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
     KVFOLD_ASSIGN_OR_RETURN(l.b_gate,
                             w.OptionalVector(c.mlp_bias, name("mlp.gate_proj.bias"), ffn));
     KVFOLD_ASSIGN_OR_RETURN(l.b_up, w.OptionalVector(c.mlp_bias, name("mlp.up_proj.bias"), ffn));
@@ -154,6 +183,7 @@ void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
     w.v = ops_.Allocate(DType::kF32, num_tokens, kv_dim);
     w.gate = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
     w.up = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
+    w.zero_rows.assign(num_tokens, 0);
     w.num_tokens = num_tokens;
   }
   if (num_logits > w.num_logits) {
@@ -165,9 +195,15 @@ void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
 
 namespace {
 
-absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const KvCache& cache) {
+absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const KvCache& cache,
+                           absl::Span<const KvLayerShape> kv_shapes) {
   const int64_t n = static_cast<int64_t>(b.token_ids.size());
   const AttentionBatch& a = b.attention;
+  if (cache.shapes() != std::vector<KvLayerShape>(kv_shapes.begin(), kv_shapes.end())) {
+    return absl::InvalidArgumentError(
+        "the KV cache is not shaped for this model's attention plan (build it from "
+        "kv_layer_shapes())");
+  }
   if (n == 0) return absl::InvalidArgumentError("empty batch");
   if (static_cast<int64_t>(b.positions.size()) != n ||
       static_cast<int64_t>(a.slot_mapping.size()) != n) {
@@ -204,7 +240,7 @@ absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const Kv
 }  // namespace
 
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache, float* logits) {
-  KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache));
+  KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache, kv_shapes_));
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
   EnsureWorkspace(n, num_logits);
@@ -222,32 +258,71 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache
 }
 
 void LlamaModel::ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache) {
+  AttentionSublayer(index, batch, cache);
+  MlpSublayer(index, static_cast<int64_t>(batch.token_ids.size()));
+}
+
+void LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache) {
+  const LayerPlan& p = plan_.layers[index];
+  switch (p.mode) {
+    case AttentionMode::kFull:
+      return FullAttention(index, batch, cache.layer(index), /*write_kv=*/true);
+    case AttentionMode::kKvFrom:
+      // The source is an earlier full layer: this step's K/V are already in its cache.
+      return FullAttention(index, batch, cache.layer(p.source), /*write_kv=*/false);
+    case AttentionMode::kDrop:
+      return DroppedAttention(index, static_cast<int64_t>(batch.token_ids.size()));
+    case AttentionMode::kShare:
+    case AttentionMode::kCluster:
+      break;
+  }
+  LOG(FATAL) << "layer " << index << ": mode " << AttentionModeName(p.mode)
+             << " is rejected by Load";
+}
+
+void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv,
+                               bool write_kv) {
   const ModelConfig& c = config();
   const Layer& l = layers_[index];
   Workspace& w = *ws_;
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
-  const float eps = static_cast<float>(c.rms_norm_eps);
   const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
-  const TensorView q = w.q.view().Rows(0, n), k = w.k.view().Rows(0, n);
-  const TensorView v = w.v.view().Rows(0, n), attn = w.attn.view().Rows(0, n);
+  const TensorView q = w.q.view().Rows(0, n), attn = w.attn.view().Rows(0, n);
   const TensorView o = w.o.view().Rows(0, n);
-  const TensorView gate = w.gate.view().Rows(0, n), up = w.up.view().Rows(0, n);
   const RopeTable rope{rope_table_.view()};
-  const KvCacheLayer kv = cache.layer(index);
 
-  ops_.RmsNorm(x, l.input_norm.view(), eps, h);
+  ops_.RmsNorm(x, l.input_norm.view(), static_cast<float>(c.rms_norm_eps), h);
   ops_.MatMul(h, l.wq, OrNull(l.bq), q);
-  ops_.MatMul(h, l.wk, OrNull(l.bk), k);
-  ops_.MatMul(h, l.wv, OrNull(l.bv), v);
+  if (write_kv) {
+    const TensorView k = w.k.view().Rows(0, n), v = w.v.view().Rows(0, n);
+    ops_.MatMul(h, l.wk, OrNull(l.bk), k);
+    ops_.MatMul(h, l.wv, OrNull(l.bv), v);
+    ops_.Rope(k, c.num_kv_heads, c.head_dim, batch.positions, rope);
+    ops_.WriteKv(k, v, batch.attention, kv);
+  }
   ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
-  ops_.Rope(k, c.num_kv_heads, c.head_dim, batch.positions, rope);
-  ops_.WriteKv(k, v, batch.attention, kv);
   ops_.PagedAttention(q, kv, batch.attention, c.num_heads,
                       1.0f / std::sqrt(static_cast<float>(c.head_dim)), attn);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
   ops_.Add(x, o);
+}
 
-  ops_.RmsNorm(x, l.post_attention_norm.view(), eps, h);
+void LlamaModel::DroppedAttention(int index, int64_t n) {
+  const Layer& l = layers_[index];
+  if (l.drop_bias.view().data == nullptr) return;
+  Workspace& w = *ws_;
+  const TensorView bias_rows = w.o.view().Rows(0, n);
+  ops_.GatherRows(l.drop_bias.view(), absl::MakeConstSpan(w.zero_rows).first(n), bias_rows);
+  ops_.Add(w.x.view().Rows(0, n), bias_rows);
+}
+
+void LlamaModel::MlpSublayer(int index, int64_t n) {
+  const Layer& l = layers_[index];
+  Workspace& w = *ws_;
+  const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
+  const TensorView o = w.o.view().Rows(0, n);
+  const TensorView gate = w.gate.view().Rows(0, n), up = w.up.view().Rows(0, n);
+  ops_.RmsNorm(x, l.post_attention_norm.view(), static_cast<float>(config().rms_norm_eps), h);
   ops_.MatMul(h, l.w_gate, OrNull(l.b_gate), gate);
   ops_.MatMul(h, l.w_up, OrNull(l.b_up), up);
   ops_.SiluMul(gate, up, gate);

@@ -7,6 +7,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/ops.h"
+#include "worker/attention_plan.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
 #include "worker/weight_source.h"
@@ -24,27 +25,42 @@ struct ForwardBatch {
 
 class LlamaModel {
  public:
-  // Takes the weight source: on CPU the weights stay views into its memory (mapping).
+  // Takes the weight source: on CPU the weights stay views into its memory (mapping). `plan`
+  // folds the attention of some layers (validated against the config; no layers means all full).
+  // Attention weights a layer's mode never reads are not loaded.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(std::unique_ptr<WeightSource> weights,
-                                                          Ops& ops);
+                                                          Ops& ops, AttentionPlan plan = {});
   ~LlamaModel();
 
   const ModelConfig& config() const { return weights_->config(); }
+  const AttentionPlan& plan() const { return plan_; }
+  // What each layer stores in the KV cache under the plan; a cache for this model has these.
+  const std::vector<KvLayerShape>& kv_layer_shapes() const { return kv_shapes_; }
 
-  // Runs the batch, writing K/V into `cache`; `logits` is [logits_rows.size(), vocab_size] F32
-  // on the host.
+  // Runs the batch, writing K/V into `cache` (shaped by kv_layer_shapes()); `logits` is
+  // [logits_rows.size(), vocab_size] F32 on the host.
   absl::Status Forward(const ForwardBatch& batch, const KvCache& cache, float* logits);
 
  private:
   struct Layer;
   struct Workspace;
-  LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops);
+  LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan);
   absl::Status LoadWeights();
   void EnsureWorkspace(int64_t num_tokens, int64_t num_logits);
   void ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache);
+  // x += the layer's attention output, by its plan mode.
+  void AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache);
+  // full: own Q/K/V over its own cache; kv_from: own Q over `kv`, the source layer's cache.
+  void FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv, bool write_kv);
+  // drop: x += bias when the plan has one, else nothing.
+  void DroppedAttention(int index, int64_t num_tokens);
+  // x += MLP(norm(x)).
+  void MlpSublayer(int index, int64_t num_tokens);
 
   std::unique_ptr<WeightSource> weights_;
   Ops& ops_;
+  AttentionPlan plan_;
+  std::vector<KvLayerShape> kv_shapes_;
   std::vector<Tensor> owned_weights_;  // device copies; empty on CPU
   std::vector<Layer> layers_;
   TensorView embedding_;

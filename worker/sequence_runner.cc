@@ -16,7 +16,7 @@ int32_t BlocksFor(int32_t tokens) {
 SequenceRunner::SequenceRunner(LlamaModel& model, Ops& ops, int32_t max_tokens, DType kv_dtype)
     : model_(model),
       capacity_(max_tokens),
-      cache_(ops, model.config(), BlocksFor(max_tokens), kBlockSize, kv_dtype),
+      cache_(ops, model.kv_layer_shapes(), BlocksFor(max_tokens), kBlockSize, kv_dtype),
       block_table_(BlocksFor(max_tokens)) {
   std::iota(block_table_.begin(), block_table_.end(), 0);
 }

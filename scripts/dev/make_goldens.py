@@ -16,9 +16,15 @@ Format version 1 (see tests/fixtures/golden/README.md). Every tensor is F32, tok
   greedy.output_ids   [20]           argmax tokens appended one by one (EOS does not stop it)
   greedy.margins      [20]           top-1 minus top-2 logit at each greedy step
 
+  3. for attention plans: stories260K with layer DROP_LAYER's attention removed (its self_attn
+     output replaced by zeros, `drop`), and replaced by a calibrated bias beta (`drop` with
+     "bias"): stories260K-drop{L}.safetensors and stories260K-drop{L}-bias.safetensors, same
+     format; beta (the mean attention output of that layer over the story, ATTENTION.md's
+     definition) goes to tests/fixtures/plans/stories260K-beta.safetensors as "beta.{L}".
+
 Usage (from the repository root):
   pip install torch transformers safetensors tokenizers
-  python3 scripts/dev/make_goldens.py [--check-greedy200 PATH]
+  python3 scripts/dev/make_goldens.py [--check-greedy200 PATH] [--only-plans]
 """
 
 import argparse
@@ -198,7 +204,8 @@ def sequences(name, vocab, lengths, tokenizer_path=None):
     return seqs
 
 
-def write_golden(name, model_folder, model, lengths, dtype_note, tokenizer_path=None):
+def write_golden(name, model_folder, model, lengths, dtype_note, tokenizer_path=None,
+                 extra_metadata=None):
     vocab = model.config.vocab_size
     seqs = sequences(name, vocab, lengths, tokenizer_path)
     tensors = {}
@@ -237,6 +244,7 @@ def write_golden(name, model_folder, model, lengths, dtype_note, tokenizer_path=
         "python_version": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     }
+    metadata.update(extra_metadata or {})
     path = os.path.join(FIXTURES, "golden", f"{name}.safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file(tensors, path, metadata=metadata)
@@ -273,15 +281,61 @@ def check_greedy200(model, tokenizer_path, expected_path):
     return same
 
 
+DROP_LAYER = 2
+
+
+def replace_attention(model, layer, output):
+    """Makes layer `layer`'s self-attention return `output(attn_output)` instead; the decoder layer
+    still adds it to the residual stream. Returns the hook handle."""
+    def hook(module, args, out):
+        return (output(out[0]),) + tuple(out[1:])
+    return model.model.layers[layer].self_attn.register_forward_hook(hook)
+
+
+def mean_attention_output(model, layer, ids):
+    """beta: the layer's attention output (o_proj applied) averaged over every position of ids."""
+    seen = []
+    handle = replace_attention(model, layer, lambda o: seen.append(o.detach().clone()) or o)
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    handle.remove()
+    return seen[0][0].mean(dim=0)
+
+
+def write_plan_goldens(model, folder, tokenizer):
+    """stories260K with layer DROP_LAYER's attention dropped, without and with a bias."""
+    lengths = [7, 80]
+    story = sequences("stories260K-drop", model.config.vocab_size, lengths, tokenizer)[-1]
+    beta = mean_attention_output(model, DROP_LAYER, story)
+    plans = os.path.join(FIXTURES, "plans")
+    os.makedirs(plans, exist_ok=True)
+    save_file({f"beta.{DROP_LAYER}": beta.float().numpy()},
+              os.path.join(plans, "stories260K-beta.safetensors"),
+              metadata={"note": f"mean self_attn output of layer {DROP_LAYER} over the golden "
+                                "story (80 tokens); scripts/dev/make_goldens.py"})
+    for suffix, output, note in (
+            ("", lambda o: torch.zeros_like(o), "self_attn output replaced by zeros"),
+            ("-bias", lambda o: torch.zeros_like(o) + beta,
+             f"self_attn output replaced by beta.{DROP_LAYER} of plans/stories260K-beta")):
+        handle = replace_attention(model, DROP_LAYER, output)
+        write_golden(f"stories260K-drop{DROP_LAYER}{suffix}", folder, model, lengths,
+                     "weights stored as float32; logits computed in float32, eager attention",
+                     tokenizer_path=tokenizer,
+                     extra_metadata={"dropped_layer": str(DROP_LAYER), "drop_note": note})
+        handle.remove()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check-greedy200", metavar="PATH",
                         help="also check stories260K's greedy text from BOS against PATH")
+    parser.add_argument("--only-plans", action="store_true",
+                        help="write only the attention-plan goldens (stories260K-drop*)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 
-    for make in (tiny_qwen2, tiny_llama3, tiny_llama_linear):
+    for make in () if args.only_plans else (tiny_qwen2, tiny_llama3, tiny_llama_linear):
         spec = make()
         folder, model = make_tiny_model(spec)
         size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
@@ -293,6 +347,9 @@ def main():
     folder = os.path.join(REPO, "models", "stories260K")
     tokenizer = os.path.join(folder, "tokenizer.json")
     model = load_fp32(LlamaForCausalLM, folder)
+    write_plan_goldens(model, folder, tokenizer)
+    if args.only_plans:
+        return
     write_golden("stories260K", folder, model, [1, 7, 33, 130],
                  "weights stored as float32; logits computed in float32, eager attention",
                  tokenizer_path=tokenizer)

@@ -10,11 +10,14 @@
 #include <optional>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "scheduler/engine.h"
+#include "server/cli/attention_plan_setup.h"
+#include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/prompts_file.h"
 #include "server/output/text_output.h"
@@ -69,7 +72,7 @@ struct EngineSetup {
   int32_t num_blocks = 0;
 };
 
-absl::StatusOr<EngineSetup> MakeSetup(const ModelConfig& model) {
+absl::StatusOr<EngineSetup> MakeSetup(const ModelConfig& model, const AttentionPlan& plan) {
   EngineSetup s;
   absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
   if (!cache.ok()) return cache.status();
@@ -77,7 +80,11 @@ absl::StatusOr<EngineSetup> MakeSetup(const ModelConfig& model) {
   absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model);
   if (!scheduler.ok()) return scheduler.status();
   s.scheduler = *scheduler;
-  s.bytes_per_token = KvCache::BytesPerToken(model, s.cache.kv_dtype);
+  s.bytes_per_token = KvCache::BytesPerToken(model, plan, s.cache.kv_dtype);
+  if (s.bytes_per_token == 0) {
+    return absl::InvalidArgumentError(
+        "the attention plan stores no K/V in any layer, so the KV pool has no size");
+  }
   absl::StatusOr<int32_t> blocks =
       NumKvBlocks(s.cache, s.bytes_per_token, s.scheduler.max_model_len);
   if (!blocks.ok()) return blocks.status();
@@ -226,7 +233,7 @@ void PrintSummary(const std::vector<Entry>& entries, const EngineSetup& setup,
 
 int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, const std::string& path,
                    const LineDefaults& defaults) {
-  absl::StatusOr<EngineSetup> setup = MakeSetup(model.config());
+  absl::StatusOr<EngineSetup> setup = MakeSetup(model.config(), model.plan());
   if (!setup.ok()) {
     std::cerr << "kvfold generate: " << setup.status().message() << "\n";
     return 1;
@@ -238,13 +245,18 @@ int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, cons
     return 1;
   }
   std::vector<Entry>& entries = *read;
-  KvCache cache(ops, model.config(), setup->num_blocks, setup->cache.block_size,
+  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
+                            setup->cache.kv_dtype, setup->num_blocks, setup->cache.block_size,
+                            setup->scheduler.max_model_len)
+            << "\n";
+  KvCache cache(ops, model.kv_layer_shapes(), setup->num_blocks, setup->cache.block_size,
                 setup->cache.kv_dtype);
   ModelExecutor executor(model, cache);
   DeltaQueue queue;  // outlives the engine, whose callbacks push into it
   const Clock::time_point start = Clock::now();
-  Engine engine(setup->scheduler, setup->num_blocks, setup->cache.block_size, /*cache_salt=*/0,
-                executor);
+  // Blocks cached under one attention plan are never reused under another.
+  Engine engine(setup->scheduler, setup->num_blocks, setup->cache.block_size,
+                model.plan().cache_salt(), executor);
   size_t live = 0, next_to_print = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
     SubmitLine(lines[i], i, defaults, tokenizer, engine, queue, entries[i]);

@@ -6,3 +6,6 @@ ABSL_FLAG(std::string, model, "",
           "Model folder (Hugging Face layout: config.json + safetensors + tokenizer.json); empty: "
           "the default model");
 ABSL_FLAG(int, threads, 0, "CPU threads for the model (0: every core)");
+ABSL_FLAG(std::string, attention_plan, "",
+          "Attention plan (JSON) folding some layers' attention: share, cluster, drop, kv_from; "
+          "empty: every layer full");

@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "server/cli/attention_plan_setup.h"
 #include "server/cli/batch_generate.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
@@ -54,7 +55,10 @@ absl::StatusOr<Loaded> Load(const std::string& path, int threads) {
   l.ops = NewCpuOps(threads);
   absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
   if (!weights.ok()) return weights.status();
-  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(weights), *l.ops);
+  absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);
+  if (!plan.ok()) return plan.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      LlamaModel::Load(*std::move(weights), *l.ops, *std::move(plan));
   if (!model.ok()) return model.status();
   l.model = *std::move(model);
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);
@@ -81,6 +85,9 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   }
   const int32_t capacity = std::min(config.MaxContext(), prompt_len + max_tokens);
   SequenceRunner runner(*l.model, *l.ops, capacity, kv_dtype);
+  std::cerr << KvMemoryLine(config, l.model->plan(), absl::GetFlag(FLAGS_attention_plan), kv_dtype,
+                            /*num_blocks=*/0, SequenceRunner::kBlockSize, capacity)
+            << "\n";
   IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
   std::cout << prompt << std::flush;
 
