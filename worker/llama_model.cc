@@ -304,6 +304,9 @@ void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCac
   ops_.PagedAttention(q, kv, batch.attention, c.num_heads,
                       1.0f / std::sqrt(static_cast<float>(c.head_dim)), attn);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  if (observer_ != nullptr && write_kv) {
+    observer_->OnAttention({index, x, q, w.k.view().Rows(0, n), o});
+  }
   ops_.Add(x, o);
 }
 

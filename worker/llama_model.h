@@ -8,6 +8,7 @@
 #include "absl/types/span.h"
 #include "kernels/ops.h"
 #include "worker/attention_plan.h"
+#include "worker/forward_observer.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
 #include "worker/weight_source.h"
@@ -41,6 +42,9 @@ class LlamaModel {
   // [logits_rows.size(), vocab_size] F32 on the host.
   absl::Status Forward(const ForwardBatch& batch, const KvCache& cache, float* logits);
 
+  // Sees every full layer's attention activations during Forward (calibration); null: none.
+  void set_observer(ForwardObserver* observer) { observer_ = observer; }
+
  private:
   struct Layer;
   struct Workspace;
@@ -68,6 +72,7 @@ class LlamaModel {
   Tensor final_norm_;
   Tensor rope_table_;
   std::unique_ptr<Workspace> ws_;
+  ForwardObserver* observer_ = nullptr;
 };
 
 }  // namespace kvfold
