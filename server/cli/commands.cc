@@ -10,6 +10,7 @@ namespace kvfold::cli {
 int RunGenerate(const std::vector<std::string>& positional);
 int RunTokenize(const std::vector<std::string>& positional);
 int RunDetokenize(const std::vector<std::string>& positional);
+int RunEval(const std::vector<std::string>& positional);
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
@@ -19,6 +20,10 @@ const std::vector<Command>& Commands() {
        "tokenize_command.cc", &RunTokenize},
       {"detokenize", "print the text of the JSON array of token ids on stdin",
        "tokenize_command.cc", &RunDetokenize},
+      {"eval",
+       "perplexity of a model over a text file, tokens/s and KV bytes/token (--max-tokens caps "
+       "the tokens scored)",
+       "eval_command.cc", &RunEval},
   };
   return *commands;
 }
