@@ -138,4 +138,11 @@ size_t CacheBytesPerToken(const KvCache& cache) {
   return KvBytesPerToken(shapes, cache.dtype());
 }
 
+std::unique_ptr<KvCache> NewWindowCache(const LlamaModel& model, Ops& ops, int context,
+                                        DType dtype) {
+  constexpr int32_t kBlockSize = 16;
+  return std::make_unique<KvCache>(ops, model.kv_layer_shapes(),
+                                   (context + kBlockSize - 1) / kBlockSize, kBlockSize, dtype);
+}
+
 }  // namespace kvfold

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -53,6 +54,10 @@ struct PerplexityOptions {
 absl::StatusOr<PerplexityResult> EvaluatePerplexity(LlamaModel& model, const KvCache& cache,
                                                     absl::Span<const std::vector<int32_t>> windows,
                                                     const PerplexityOptions& options = {});
+
+// A cache holding one window of `context` tokens for `model`, shaped by its attention plan.
+std::unique_ptr<KvCache> NewWindowCache(const LlamaModel& model, Ops& ops, int context,
+                                        DType dtype);
 
 // Bytes one token occupies in `cache`, over all its layers (plan-aware: it reads the layer shapes
 // the cache was built with).

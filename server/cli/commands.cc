@@ -10,6 +10,7 @@ namespace kvfold::cli {
 int RunGenerate(const std::vector<std::string>& positional);
 int RunTokenize(const std::vector<std::string>& positional);
 int RunDetokenize(const std::vector<std::string>& positional);
+int RunCalibrate(const std::vector<std::string>& positional);
 int RunEval(const std::vector<std::string>& positional);
 
 const std::vector<Command>& Commands() {
@@ -24,6 +25,10 @@ const std::vector<Command>& Commands() {
        "perplexity of a model over a text file, tokens/s and KV bytes/token (--max-tokens caps "
        "the tokens scored)",
        "eval_command.cc", &RunEval},
+      {"calibrate",
+       "write an attention plan (--out) that folds the most KV memory within a perplexity "
+       "budget, measured on --data",
+       "calibrate_command.cc", &RunCalibrate},
   };
   return *commands;
 }

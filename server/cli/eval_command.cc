@@ -18,9 +18,11 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "nlohmann/json.hpp"
+#include "server/cli/attention_plan_setup.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
+#include "server/cli/text_data.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/cache_config.h"
 #include "worker/llama_model.h"
@@ -40,41 +42,13 @@ namespace {
 
 constexpr int kDefaultContext = 512;
 
-// The model eval scores. `--attention-plan` loads the plan here (LlamaModel::Load(weights, ops,
-// plan)) and the KV cache below takes its per-layer shapes.
+// The model eval scores, folded by --attention-plan when given.
 absl::StatusOr<std::unique_ptr<LlamaModel>> LoadEvalModel(const std::string& path, Ops& ops) {
   absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
   if (!weights.ok()) return weights.status();
-  return LlamaModel::Load(*std::move(weights), ops);
-}
-
-std::unique_ptr<KvCache> NewEvalCache(const LlamaModel& model, Ops& ops, int context, DType dtype) {
-  constexpr int32_t kBlockSize = 16;
-  return std::make_unique<KvCache>(ops, model.config(), (context + kBlockSize - 1) / kBlockSize,
-                                   kBlockSize, dtype);
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrFormat("cannot read --data %s", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrFormat("error reading %s", path));
-  return text.str();
-}
-
-// The BOS id when the tokenizer's post-processor puts one in front of a text (Llama 2 and
-// stories260K do; SmolLM2 does not), as `generate` gets it with add_special_tokens.
-absl::StatusOr<std::optional<int32_t>> LeadingBos(const Tokenizer& tokenizer) {
-  absl::StatusOr<std::vector<int32_t>> with = tokenizer.Encode("a", true);
-  if (!with.ok()) return with.status();
-  absl::StatusOr<std::vector<int32_t>> without = tokenizer.Encode("a", false);
-  if (!without.ok()) return without.status();
-  if (with->size() > without->size() && tokenizer.bos_id().has_value() &&
-      with->front() == *tokenizer.bos_id()) {
-    return tokenizer.bos_id();
-  }
-  return std::optional<int32_t>();
+  absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);
+  if (!plan.ok()) return plan.status();
+  return LlamaModel::Load(*std::move(weights), ops, *std::move(plan));
 }
 
 struct Report {
@@ -125,11 +99,8 @@ absl::Status Eval(const std::string& model_path, const std::string& data_path, i
                   int64_t max_scored, bool json) {
   absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
   if (!kv_dtype.ok()) return kv_dtype.status();
-  absl::StatusOr<std::string> text = ReadText(data_path);
+  absl::StatusOr<std::string> text = ReadDataText(data_path);
   if (!text.ok()) return text.status();
-  if (text->find_first_not_of(" \t\r\n") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrFormat("--data %s holds no text", data_path));
-  }
 
   std::unique_ptr<Ops> ops = NewCpuOps(absl::GetFlag(FLAGS_threads));
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LoadEvalModel(model_path, *ops);
@@ -154,7 +125,7 @@ absl::Status Eval(const std::string& model_path, const std::string& data_path, i
         "--data %s is %d tokens long: too short to score any token", data_path, ids->size()));
   }
 
-  std::unique_ptr<KvCache> cache = NewEvalCache(**model, *ops, context, *kv_dtype);
+  std::unique_ptr<KvCache> cache = NewWindowCache(**model, *ops, context, *kv_dtype);
   PerplexityOptions options;
   if (isatty(STDERR_FILENO)) {
     options.progress = [](int64_t done, int64_t total) {
