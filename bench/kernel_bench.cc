@@ -110,7 +110,7 @@ void BM_FoldedAttention(benchmark::State& state) {
   std::vector<float> p(int64_t{seqs} * kHeads * context);
   AttentionProbs probs{{p.data(), DType::kF32, int64_t{seqs} * kHeads, context},
                        AttentionProbs::Mode::kWrite};
-  ops->FoldedPagedAttention(qv, layer, layer, {}, batch, kHeads, 0.125f, ov, &probs);
+  if (mode == 1) ops->FoldedPagedAttention(qv, layer, layer, {}, batch, kHeads, 0.125f, ov, &probs);
   probs.mode = AttentionProbs::Mode::kRead;
   const std::vector<int32_t> cluster_score = {0, 0, 0, 0, 0, 5, 5, 5, 5};
   const std::vector<int32_t> cluster_k = {0, 0, 0, 0, 0, 1, 1, 1, 1};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "glog/logging.h"
@@ -31,13 +32,108 @@ std::vector<int64_t> AttentionTasks(const AttentionBatch& batch,
   return tasks;
 }
 
+// The vector helpers below are always inlined into one ISA entry point, so the ABI of passing
+// wide vectors by value (which -Wpsabi warns about) never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace {
+
+// W F32 lanes as a GCC vector, W the native width of the ISA path (4 generic, 8 AVX2, 16
+// AVX-512). Every path computes the same per-lane operations on the same elements, so the vector
+// width changes speed only.
+template <int W>
+struct Vec;
+#define KVFOLD_VEC_TYPES(w)                                   \
+  template <>                                                 \
+  struct Vec<w> {                                             \
+    typedef float F32 __attribute__((vector_size(w * 4)));    \
+    typedef uint16_t U16 __attribute__((vector_size(w * 2))); \
+    typedef uint32_t U32 __attribute__((vector_size(w * 4))); \
+  };
+KVFOLD_VEC_TYPES(2)
+KVFOLD_VEC_TYPES(4)
+KVFOLD_VEC_TYPES(8)
+KVFOLD_VEC_TYPES(16)
+#undef KVFOLD_VEC_TYPES
+template <int W>
+using FloatVec = typename Vec<W>::F32;
+template <int W>
+using U16Vec = typename Vec<W>::U16;
+template <int W>
+using U32Vec = typename Vec<W>::U32;
+
+template <int W>
+__attribute__((always_inline)) inline FloatVec<W> LoadVec(LoadF32, const void* p, int64_t i) {
+  FloatVec<W> v;
+  std::memcpy(&v, static_cast<const float*>(p) + i, sizeof(v));
+  return v;
+}
+template <int W>
+__attribute__((always_inline)) inline FloatVec<W> LoadVec(LoadBf16, const void* p, int64_t i) {
+  U16Vec<W> h;
+  std::memcpy(&h, static_cast<const uint16_t*>(p) + i, sizeof(h));
+  const U32Vec<W> bits = __builtin_convertvector(h, U32Vec<W>) << 16;
+  FloatVec<W> v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
+// numerics.h's Dot, bit for bit, for n a positive multiple of 16: 16 interleaved partial sums
+// (lane j sums elements i ≡ j mod 16) held in 16 / W vectors, then the tree lane j += lane
+// j + width for width 8, 4, 2, 1.
+template <int W, typename Load>
+__attribute__((always_inline)) inline float DotVec(const float* x, const void* w, int64_t n,
+                                                   Load load) {
+  constexpr int kParts = 16 / W;
+  FloatVec<W> acc[kParts] = {};
+  for (int64_t i = 0; i < n; i += 16) {
+    for (int c = 0; c < kParts; ++c) {
+      acc[c] += LoadVec<W>(LoadF32(), x, i + c * W) * LoadVec<W>(load, w, i + c * W);
+    }
+  }
+  FloatVec<4> a4;
+  if constexpr (W == 16) {
+    const FloatVec<8> a8 = __builtin_shufflevector(acc[0], acc[0], 0, 1, 2, 3, 4, 5, 6, 7) +
+                           __builtin_shufflevector(acc[0], acc[0], 8, 9, 10, 11, 12, 13, 14, 15);
+    a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3) + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
+  } else if constexpr (W == 8) {
+    const FloatVec<8> a8 = acc[0] + acc[1];
+    a4 = __builtin_shufflevector(a8, a8, 0, 1, 2, 3) + __builtin_shufflevector(a8, a8, 4, 5, 6, 7);
+  } else {
+    static_assert(W == 4);
+    a4 = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+  }
+  const FloatVec<2> a2 =
+      __builtin_shufflevector(a4, a4, 0, 1) + __builtin_shufflevector(a4, a4, 2, 3);
+  return a2[0] + a2[1];
+}
 
 // o[j] += p * v[j]: one rounding per operation, vectorised across j (no reassociation).
 template <typename Load>
 __attribute__((always_inline)) inline void AddScaled(float* __restrict o, float p,
                                                      const void* __restrict v, int d, Load load) {
   for (int j = 0; j < d; ++j) o[j] += p * load(v, j);
+}
+
+// o[j] = Σ_t p[t] * v_t[j] over the n context positions (t ascending, from 0), for head_dim
+// kDim with the sums in registers. `v_offset` is the head's element offset in a cache row.
+template <int kDim, int W, typename Load>
+__attribute__((always_inline)) inline void MixValues(const float* p, int32_t n,
+                                                     const int32_t* blocks, int32_t bs,
+                                                     const char* v_cache, int64_t v_stride,
+                                                     size_t elem, int64_t v_offset, Load load,
+                                                     float* o) {
+  constexpr int kParts = kDim / W;
+  FloatVec<W> acc[kParts] = {};
+  for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
+    const int64_t base = static_cast<int64_t>(blocks[b]) * bs * v_stride + v_offset;
+    for (int32_t t = 0, count = std::min(bs, n - t0); t < count; ++t) {
+      const void* v = v_cache + (base + t * v_stride) * elem;
+      const float pt = p[t0 + t];
+      for (int c = 0; c < kParts; ++c) acc[c] += pt * LoadVec<W>(load, v, c * W);
+    }
+  }
+  std::memcpy(o, acc, sizeof(acc));
 }
 
 // The task body for one cache dtype. Inlined into each ISA's entry point, so that entry's
@@ -47,7 +143,7 @@ __attribute__((always_inline)) inline void AddScaled(float* __restrict o, float 
 //   out[j] = Σ_t P_t * v_t[j], t ascending, starting from 0
 // P is normalised before it meets V, so a P stored by one call and read by another feeds exactly
 // the arithmetic a recomputation would.
-template <typename Load>
+template <int W, typename Load>
 __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionArgs& a,
                                                          int64_t task_begin, int64_t task_end) {
   const Load load;
@@ -62,6 +158,7 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
   const char* k_cache = groups.reads_k ? static_cast<const char*>(a.k_layer->k.data) : nullptr;
   const int64_t k_stride = groups.reads_k ? a.k_layer->k.cols : 0;
   const bool compute = groups.reads_k;
+  const bool vector_dot = d % 16 == 0;
   float* stored = a.probs != nullptr ? a.probs->p.f32() : nullptr;
   const int64_t stored_cols = a.probs != nullptr ? a.probs->p.cols : 0;
   thread_local std::vector<float> scratch;
@@ -92,7 +189,8 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
         const int64_t base = static_cast<int64_t>(blocks[b]) * bs * k_stride + k_offset;
         for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
           const void* k = k_cache + (base + i * k_stride) * elem;
-          p[t0 + i] = Dot(q_row, k, d, load) * a.scale;
+          p[t0 + i] =
+              (vector_dot ? DotVec<W>(q_row, k, d, load) : Dot(q_row, k, d, load)) * a.scale;
           max_score = std::max(max_score, p[t0 + i]);
         }
       }
@@ -110,6 +208,29 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
     const int32_t first = groups.member_start[member_base];
     const int32_t last = groups.member_start[member_base + 1];
     const int64_t members = static_cast<int64_t>(m) * num_heads;
+    if (d == 16 || d == 32 || d == 64 || d == 128) {
+      for (int32_t i = first; i < last; ++i) {
+        float* o = a.out.f32() + row * a.out.cols +
+                   static_cast<int64_t>(groups.member_out_head[members + i]) * d;
+        const int64_t v_offset = static_cast<int64_t>(groups.member_v_head[members + i]) * d;
+        switch (d) {
+          case 16:
+            MixValues<16, W>(p, n, blocks, bs, v_cache, v_stride, elem, v_offset, load, o);
+            break;
+          case 32:
+            MixValues<32, W>(p, n, blocks, bs, v_cache, v_stride, elem, v_offset, load, o);
+            break;
+          case 64:
+            MixValues<64, W>(p, n, blocks, bs, v_cache, v_stride, elem, v_offset, load, o);
+            break;
+          default:
+            MixValues<128, W>(p, n, blocks, bs, v_cache, v_stride, elem, v_offset, load, o);
+            break;
+        }
+      }
+      continue;
+    }
+    // Other head dims: the same sums, accumulated in the output row.
     for (int32_t i = first; i < last; ++i) {
       float* o = a.out.f32() + row * a.out.cols +
                  static_cast<int64_t>(groups.member_out_head[members + i]) * d;
@@ -132,12 +253,13 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
   }
 }
 
+template <int W>
 __attribute__((always_inline)) inline void AttendTasksAnyDtype(const FoldedAttentionArgs& a,
                                                                int64_t begin, int64_t end) {
   if (a.v_layer->v.dtype == DType::kBF16) {
-    AttendTasksAs<LoadBf16>(a, begin, end);
+    AttendTasksAs<W, LoadBf16>(a, begin, end);
   } else {
-    AttendTasksAs<LoadF32>(a, begin, end);
+    AttendTasksAs<W, LoadF32>(a, begin, end);
   }
 }
 
@@ -145,15 +267,15 @@ __attribute__((always_inline)) inline void AttendTasksAnyDtype(const FoldedAtten
 // gives the same bits; flatten pulls the helpers into the entry point's instruction set.
 __attribute__((flatten)) void AttendTasksGeneric(const FoldedAttentionArgs& a, int64_t begin,
                                                  int64_t end) {
-  AttendTasksAnyDtype(a, begin, end);
+  AttendTasksAnyDtype<4>(a, begin, end);
 }
 __attribute__((target("avx2,f16c"), flatten)) void AttendTasksAvx2(const FoldedAttentionArgs& a,
                                                                    int64_t begin, int64_t end) {
-  AttendTasksAnyDtype(a, begin, end);
+  AttendTasksAnyDtype<8>(a, begin, end);
 }
 __attribute__((target("avx512f,avx512bw,avx512vl"), flatten)) void AttendTasksAvx512(
     const FoldedAttentionArgs& a, int64_t begin, int64_t end) {
-  AttendTasksAnyDtype(a, begin, end);
+  AttendTasksAnyDtype<16>(a, begin, end);
 }
 
 }  // namespace
