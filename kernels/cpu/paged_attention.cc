@@ -78,19 +78,10 @@ __attribute__((always_inline)) inline FloatVec<W> LoadVec(LoadBf16, const void* 
   return v;
 }
 
-// numerics.h's Dot, bit for bit, for n a positive multiple of 16: 16 interleaved partial sums
-// (lane j sums elements i ≡ j mod 16) held in 16 / W vectors, then the tree lane j += lane
-// j + width for width 8, 4, 2, 1.
-template <int W, typename Load>
-__attribute__((always_inline)) inline float DotVec(const float* x, const void* w, int64_t n,
-                                                   Load load) {
-  constexpr int kParts = 16 / W;
-  FloatVec<W> acc[kParts] = {};
-  for (int64_t i = 0; i < n; i += 16) {
-    for (int c = 0; c < kParts; ++c) {
-      acc[c] += LoadVec<W>(LoadF32(), x, i + c * W) * LoadVec<W>(load, w, i + c * W);
-    }
-  }
+// The tree of numerics.h's Dot over 16 partial sums held in 16 / W vectors: lane j += lane
+// j + width for width 8, 4, 2, 1; returns lane 0.
+template <int W>
+__attribute__((always_inline)) inline float ReduceLanes(const FloatVec<W>* acc) {
   FloatVec<4> a4;
   if constexpr (W == 16) {
     const FloatVec<8> a8 = __builtin_shufflevector(acc[0], acc[0], 0, 1, 2, 3, 4, 5, 6, 7) +
@@ -108,11 +99,53 @@ __attribute__((always_inline)) inline float DotVec(const float* x, const void* w
   return a2[0] + a2[1];
 }
 
+// numerics.h's Dot, bit for bit, for n a positive multiple of 16: 16 interleaved partial sums
+// (lane j sums elements i ≡ j mod 16) held in 16 / W vectors, then the tree lane j += lane
+// j + width for width 8, 4, 2, 1.
+template <int W, typename Load>
+__attribute__((always_inline)) inline float DotVec(const float* x, const void* w, int64_t n,
+                                                   Load load) {
+  constexpr int kParts = 16 / W;
+  FloatVec<W> acc[kParts] = {};
+  for (int64_t i = 0; i < n; i += 16) {
+    for (int c = 0; c < kParts; ++c) {
+      acc[c] += LoadVec<W>(LoadF32(), x, i + c * W) * LoadVec<W>(load, w, i + c * W);
+    }
+  }
+  return ReduceLanes<W>(acc);
+}
+
 // o[j] += p * v[j]: one rounding per operation, vectorised across j (no reassociation).
 template <typename Load>
 __attribute__((always_inline)) inline void AddScaled(float* __restrict o, float p,
                                                      const void* __restrict v, int d, Load load) {
   for (int j = 0; j < d; ++j) o[j] += p * load(v, j);
+}
+
+// p[t] = DotVec(q, k_t, kDim) * scale for the n context positions (the same bits as DotVec), with
+// q held in registers across positions; returns the largest score.
+template <int kDim, int W, typename Load>
+__attribute__((always_inline)) inline float ScoreRow(const float* q, int32_t n,
+                                                     const int32_t* blocks, int32_t bs,
+                                                     const char* k_cache, int64_t k_stride,
+                                                     size_t elem, int64_t k_offset, float scale,
+                                                     Load load, float* p) {
+  constexpr int kParts = kDim / W, kLaneParts = 16 / W;
+  FloatVec<W> qv[kParts];
+  for (int c = 0; c < kParts; ++c) qv[c] = LoadVec<W>(LoadF32(), q, c * W);
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
+    const int64_t base = static_cast<int64_t>(blocks[b]) * bs * k_stride + k_offset;
+    for (int32_t t = 0, count = std::min(bs, n - t0); t < count; ++t) {
+      const void* k = k_cache + (base + t * k_stride) * elem;
+      FloatVec<W> acc[kLaneParts] = {};
+      for (int c = 0; c < kParts; ++c) acc[c % kLaneParts] += qv[c] * LoadVec<W>(load, k, c * W);
+      const float score = ReduceLanes<W>(acc) * scale;
+      p[t0 + t] = score;
+      max_score = std::max(max_score, score);
+    }
+  }
+  return max_score;
 }
 
 // o[j] = Σ_t p[t] * v_t[j] over the n context positions (t ascending, from 0), for head_dim
@@ -185,13 +218,21 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
       const int64_t k_offset = static_cast<int64_t>(groups.k_head[entry]) * d;
       // Walk the context block by block: token t of block b sits at row blocks[b] * bs + t % bs.
       float max_score = -std::numeric_limits<float>::infinity();
-      for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
-        const int64_t base = static_cast<int64_t>(blocks[b]) * bs * k_stride + k_offset;
-        for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
-          const void* k = k_cache + (base + i * k_stride) * elem;
-          p[t0 + i] =
-              (vector_dot ? DotVec<W>(q_row, k, d, load) : Dot(q_row, k, d, load)) * a.scale;
-          max_score = std::max(max_score, p[t0 + i]);
+      if (d == 64) {
+        max_score = ScoreRow<64, W>(q_row, n, blocks, bs, k_cache, k_stride, elem, k_offset,
+                                    a.scale, load, p);
+      } else if (d == 128) {
+        max_score = ScoreRow<128, W>(q_row, n, blocks, bs, k_cache, k_stride, elem, k_offset,
+                                     a.scale, load, p);
+      } else {
+        for (int32_t t0 = 0, b = 0; t0 < n; t0 += bs, ++b) {
+          const int64_t base = static_cast<int64_t>(blocks[b]) * bs * k_stride + k_offset;
+          for (int32_t i = 0, count = std::min(bs, n - t0); i < count; ++i) {
+            const void* k = k_cache + (base + i * k_stride) * elem;
+            p[t0 + i] =
+                (vector_dot ? DotVec<W>(q_row, k, d, load) : Dot(q_row, k, d, load)) * a.scale;
+            max_score = std::max(max_score, p[t0 + i]);
+          }
         }
       }
       float denom = 0.0f;
