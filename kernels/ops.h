@@ -202,8 +202,8 @@ class Ops {
   // scores and softmax run once per such group ("one P, many V").
   // With `probs` in kWrite mode, every P computed is also stored there; in kRead mode P is read
   // from there instead (q and k_layer's K are not read; q may be an empty view), giving the same
-  // bits as recomputing it. The CPU backend computes P = exp(s - max) / Σ exp, normalised before
-  // it meets V, so stored and recomputed P feed the same arithmetic.
+  // bits as recomputing it: both backends normalise P = exp(s - max) / Σ exp before it meets V,
+  // so stored and recomputed P feed the same arithmetic.
   virtual void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
                                     const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
                                     const AttentionBatch& batch, int num_heads, float scale,

@@ -35,6 +35,9 @@ const Shape kShapes[] = {
     {6, 8, 1, {5, 9}, {5, 1}},                    // block size 1, prefill + decode
     {9, 16, 3, {11, 7, 20}, {4, 7, 1}},           // odd block size, chunk over a cached prefix
     {8, 64, 16, {40, 1, 33, 17}, {1, 1, 3, 17}},  // mixed decode / chunk / prefill
+    {4, 128, 16, {70, 2}, {1, 2}},                // head_dim 128 decode
+    {6, 40, 5, {23, 9}, {2, 9}},                  // head_dim not a multiple of 16
+    {9, 32, 16, {18, 3}, {1, 3}},                 // head_dim 32
 };
 
 float CacheValue(const TensorView& t, int64_t i) {
@@ -433,7 +436,7 @@ TEST_P(FoldedAttentionTest, KvFromReadsAnotherLayersKAndV) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FoldedAttentionTest,
-                         ::testing::Combine(::testing::Values(0, 1, 2),
+                         ::testing::Combine(::testing::Range(0, 6),
                                             ::testing::Values(DType::kF32, DType::kBF16)),
                          [](const auto& info) {
                            return "shape" + std::to_string(std::get<0>(info.param)) + "_" +
