@@ -49,6 +49,7 @@ struct Vec;
     typedef float F32 __attribute__((vector_size(w * 4)));    \
     typedef uint16_t U16 __attribute__((vector_size(w * 2))); \
     typedef uint32_t U32 __attribute__((vector_size(w * 4))); \
+    typedef int32_t I32 __attribute__((vector_size(w * 4)));  \
   };
 KVFOLD_VEC_TYPES(2)
 KVFOLD_VEC_TYPES(4)
@@ -61,6 +62,8 @@ template <int W>
 using U16Vec = typename Vec<W>::U16;
 template <int W>
 using U32Vec = typename Vec<W>::U32;
+template <int W>
+using I32Vec = typename Vec<W>::I32;
 
 template <int W>
 __attribute__((always_inline)) inline FloatVec<W> LoadVec(LoadF32, const void* p, int64_t i) {
@@ -120,6 +123,78 @@ template <typename Load>
 __attribute__((always_inline)) inline void AddScaled(float* __restrict o, float p,
                                                      const void* __restrict v, int d, Load load) {
   for (int j = 0; j < d; ++j) o[j] += p * load(v, j);
+}
+
+// exp(x) for x <= 0 (softmax's exp(s - max)) from IEEE multiplies and adds only (Cephes' expf
+// scheme: x = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial for exp(r), times 2^n; about 1 ulp),
+// so that the loop over positions vectorises on every ISA path with the same bits, where a call
+// to libm's expf would run one position at a time. Below -87.3 (2^-126) it returns 0.
+__attribute__((always_inline)) inline float ExpNonPositive(float x) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float clamped = x < -87.3f ? -87.3f : x;
+  const float n = (clamped * kLog2e + kRound) - kRound;
+  const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.3f ? 0.0f : y * scale;
+}
+
+// ExpNonPositive on W lanes at once, the same operations lane by lane (so the same bits).
+template <int W>
+__attribute__((always_inline)) inline FloatVec<W> ExpNonPositiveVec(FloatVec<W> x) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;
+  const FloatVec<W> low = x - x - 87.3f;  // every lane -87.3
+  const I32Vec<W> below = x < low;
+  const FloatVec<W> clamped = below ? low : x;
+  const FloatVec<W> n = (clamped * kLog2e + kRound) - kRound;
+  const FloatVec<W> r = (clamped - n * kLn2Hi) - n * kLn2Lo;
+  FloatVec<W> y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const I32Vec<W> bits = (__builtin_convertvector(n, I32Vec<W>) + 127) << 23;
+  FloatVec<W> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const FloatVec<W> zero = {};
+  return below ? zero : y * scale;
+}
+
+// p[t] = ExpNonPositive(p[t] - shift) over [0, n).
+template <int W>
+__attribute__((always_inline)) inline void ExpShifted(float* p, int32_t n, float shift) {
+  int32_t t = 0;
+  for (; t + W <= n; t += W) {
+    const FloatVec<W> e = ExpNonPositiveVec<W>(LoadVec<W>(LoadF32(), p, t) - shift);
+    std::memcpy(p + t, &e, sizeof(e));
+  }
+  for (; t < n; ++t) p[t] = ExpNonPositive(p[t] - shift);
+}
+
+// Σ p[t] over [0, n) in numerics.h's Dot order (16 interleaved partial sums, the pairwise tree,
+// then the tail in sequence), with the partial sums in vector registers.
+template <int W>
+__attribute__((always_inline)) inline float SumVec(const float* p, int64_t n) {
+  constexpr int kParts = 16 / W;
+  FloatVec<W> acc[kParts] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int c = 0; c < kParts; ++c) acc[c] += LoadVec<W>(LoadF32(), p, i + c * W);
+  }
+  float sum = ReduceLanes<W>(acc);
+  for (; i < n; ++i) sum += p[i];
+  return sum;
 }
 
 // p[t] = DotVec(q, k_t, kDim) * scale for the n context positions (the same bits as DotVec), with
@@ -235,12 +310,8 @@ __attribute__((always_inline)) inline void AttendTasksAs(const FoldedAttentionAr
           }
         }
       }
-      float denom = 0.0f;
-      for (int32_t t = 0; t < n; ++t) {
-        p[t] = std::exp(p[t] - max_score);
-        denom += p[t];
-      }
-      const float inv = 1.0f / denom;
+      ExpShifted<W>(p, n, max_score);
+      const float inv = 1.0f / SumVec<W>(p, n);
       for (int32_t t = 0; t < n; ++t) p[t] *= inv;
     }
 
