@@ -10,18 +10,22 @@
 // alone == the same sequence in a batch.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/numerics.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace kvfold {
 namespace {
@@ -466,6 +470,65 @@ TEST(FoldedWriteKvTest, WritesCompactKAndVOnlyLayers) {
   const KvCacheLayer no_k{{}, v_only.view(), 3, 0, 3, d};
   ops->WriteKv({}, {vr.data(), DType::kF32, 2, 3 * d}, batch, no_k);
   EXPECT_EQ(CacheValue(v_only.view(), 4 * 3 * d + 5), vr[5]);
+}
+
+// The kernel's own exp (softmax's exp(s - max), s - max <= 0): within 2 ulp-ish of libm over the
+// range that matters, exactly 1 at 0, 0 far below, and lane-wise identical at every vector width.
+TEST(VecMathTest, ExpNonPositiveIsAccurateAndWidthIndependent) {
+  std::vector<float> xs = {0.0f,        -0.0f,  -1e-8f,   -0.5f,
+                           -0.6931472f, -1.0f,  -10.0f,   -87.0f,
+                           -87.3f,      -88.0f, -1000.0f, -std::numeric_limits<float>::infinity()};
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> dist(-90.0f, 0.0f);
+  for (int i = 0; i < 4000; ++i) xs.push_back(dist(rng));
+  while (xs.size() % 16 != 0) xs.push_back(dist(rng));
+  for (float x : xs) {
+    const float got = cpu::ExpNonPositive(x);
+    if (x < -87.3f) {
+      EXPECT_EQ(got, 0.0f) << x;
+    } else {
+      const double want = std::exp(static_cast<double>(x));
+      EXPECT_NEAR(got, want, 3e-7 * want) << x;
+    }
+  }
+  EXPECT_EQ(cpu::ExpNonPositive(0.0f), 1.0f);
+  auto lanes = [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    std::vector<float> out(xs.size());
+    for (size_t i = 0; i < xs.size(); i += W) {
+      cpu::FloatVec<W> x;
+      std::memcpy(&x, &xs[i], sizeof(x));
+      const cpu::FloatVec<W> e = cpu::ExpNonPositiveVec<W>(x);
+      std::memcpy(&out[i], &e, sizeof(e));
+    }
+    return out;
+  };
+  std::vector<float> scalar;
+  for (float x : xs) scalar.push_back(cpu::ExpNonPositive(x));
+  EXPECT_EQ(lanes(std::integral_constant<int, 4>()), scalar);
+  EXPECT_EQ(lanes(std::integral_constant<int, 8>()), scalar);
+  EXPECT_EQ(lanes(std::integral_constant<int, 16>()), scalar);
+}
+
+// SumVec and DotVec keep numerics.h's Dot order at every width.
+TEST(VecMathTest, SumAndDotMatchNumericsDotBitForBit) {
+  std::mt19937 rng(10);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int n : {16, 32, 64, 128, 17, 40, 1000}) {
+    std::vector<float> x(n), w(n), ones(n, 1.0f);
+    for (float& f : x) f = dist(rng);
+    for (float& f : w) f = dist(rng);
+    const float sum = cpu::Dot(x.data(), ones.data(), n, cpu::LoadF32());
+    EXPECT_EQ(cpu::SumVec<4>(x.data(), n), sum) << n;
+    EXPECT_EQ(cpu::SumVec<8>(x.data(), n), sum) << n;
+    EXPECT_EQ(cpu::SumVec<16>(x.data(), n), sum) << n;
+    if (n % 16 == 0) {
+      const float dot = cpu::Dot(x.data(), w.data(), n, cpu::LoadF32());
+      EXPECT_EQ(cpu::DotVec<4>(x.data(), w.data(), n, cpu::LoadF32()), dot) << n;
+      EXPECT_EQ(cpu::DotVec<8>(x.data(), w.data(), n, cpu::LoadF32()), dot) << n;
+      EXPECT_EQ(cpu::DotVec<16>(x.data(), w.data(), n, cpu::LoadF32()), dot) << n;
+    }
+  }
 }
 
 TEST(FoldedAttentionDeathTest, RejectsBadMaps) {
