@@ -1,9 +1,13 @@
-// CPU matmul speed per weight dtype, batch size and SIMD path, one thread: GFLOP/s (2·n·k·m per
-// call) and weight GB/s. Shapes: a SmolLM2-135M projection (k=576, m=1536) and a 7B-like one
-// (k=4096, m=4096). Run: build/bench/kvfold_kernel_bench. Results: bench/RESULTS.md.
+// CPU kernel speed, one thread. MatMul per weight dtype, batch size and SIMD path: GFLOP/s
+// (2·n·k·m per call) and weight GB/s; shapes: a SmolLM2-135M projection (k=576, m=1536) and a
+// 7B-like one (k=4096, m=4096). FoldedAttention: decode rows over a paged cache per attention-plan
+// mode. Run: build/bench/kvfold_kernel_bench. Results: bench/RESULTS.md.
+#include <algorithm>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "benchmark/benchmark.h"
@@ -69,6 +73,65 @@ BENCHMARK(BM_MatMul)
     ->ArgNames({"dtype", "n", "k", "m", "isa"})
     ->UseRealTime();
 
+// Decode attention, 9 query heads / 3 KV heads / head_dim 64 (SmolLM2-135M's shape), F32 cache,
+// block size 16, `seqs` sequences of one decode row at context `context`. Modes: 0 full (GQA),
+// 1 share reading the source layer's cached P (no QKᵀ), 2 share recomputing P from the source
+// layer's K, 3 cluster (CHAI, 2 clusters: heads 0-4 and 5-8, scores by heads 0 and 5 against a
+// 2-head K cache). Args: mode, seqs, context, isa index.
+void BM_FoldedAttention(benchmark::State& state) {
+  const int mode = static_cast<int>(state.range(0));
+  const int seqs = static_cast<int>(state.range(1)), context = static_cast<int>(state.range(2));
+  const cpu::Isa isa = kIsas[state.range(3)];
+  if (!cpu::IsaSupported(isa)) return state.SkipWithError("ISA not supported here");
+  constexpr int kHeads = 9, kKvHeads = 3, kDim = 64, kBlock = 16;
+  const char* names[] = {"full", "share_cached_p", "share_recompute", "cluster"};
+  state.SetLabel(std::string(names[mode]) + "/" + std::string(cpu::IsaName(isa)));
+  std::unique_ptr<Ops> ops = NewCpuOps(1, isa);
+  const int blocks_per_seq = (context + kBlock - 1) / kBlock;
+  const int64_t slots = int64_t{seqs} * blocks_per_seq * kBlock;
+  const int k_heads = mode == 3 ? 2 : kKvHeads;
+  Tensor k = ops->Allocate(DType::kF32, slots, k_heads * kDim);
+  Tensor v = ops->Allocate(DType::kF32, slots, kKvHeads * kDim);
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (int64_t i = 0; i < k.view().numel(); ++i) k.f32()[i] = dist(rng);
+  for (int64_t i = 0; i < v.view().numel(); ++i) v.f32()[i] = dist(rng);
+  const KvCacheLayer layer{k.view(), v.view(), kBlock, k_heads, kKvHeads, kDim};
+  std::vector<int32_t> query_start(seqs + 1), context_len(seqs, context);
+  std::iota(query_start.begin(), query_start.end(), 0);
+  std::vector<int32_t> tables(int64_t{seqs} * blocks_per_seq);
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), rng);
+  const AttentionBatch batch{query_start, context_len, tables, blocks_per_seq, {}};
+  std::vector<float> q(int64_t{seqs} * kHeads * kDim), out(q.size());
+  for (float& x : q) x = dist(rng);
+  const TensorView qv{q.data(), DType::kF32, seqs, kHeads * kDim};
+  const TensorView ov{out.data(), DType::kF32, seqs, kHeads * kDim};
+  std::vector<float> p(int64_t{seqs} * kHeads * context);
+  AttentionProbs probs{{p.data(), DType::kF32, int64_t{seqs} * kHeads, context},
+                       AttentionProbs::Mode::kWrite};
+  if (mode == 1) ops->FoldedPagedAttention(qv, layer, layer, {}, batch, kHeads, 0.125f, ov, &probs);
+  probs.mode = AttentionProbs::Mode::kRead;
+  const std::vector<int32_t> cluster_score = {0, 0, 0, 0, 0, 5, 5, 5, 5};
+  const std::vector<int32_t> cluster_k = {0, 0, 0, 0, 0, 1, 1, 1, 1};
+  for (auto _ : state) {
+    if (mode == 0 || mode == 2) {  // share recompute = full's work with V from another layer
+      ops->FoldedPagedAttention(qv, layer, layer, {}, batch, kHeads, 0.125f, ov);
+    } else if (mode == 1) {
+      ops->FoldedPagedAttention({}, layer, layer, {}, batch, kHeads, 0.125f, ov, &probs);
+    } else {
+      ops->FoldedPagedAttention(qv, layer, layer, {cluster_score, cluster_k, {}}, batch, kHeads,
+                                0.125f, ov);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["rows/s"] = benchmark::Counter(static_cast<double>(seqs) * state.iterations(),
+                                                benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_FoldedAttention)
+    ->ArgsProduct({{0, 1, 3}, {4}, {1024}, {0, 1, 2}})
+    ->ArgNames({"mode", "seqs", "context", "isa"})
+    ->UseRealTime();
 }  // namespace
 }  // namespace kvfold
 

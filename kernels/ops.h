@@ -130,6 +130,32 @@ struct AttentionBatch {
   int32_t num_seqs() const { return static_cast<int32_t>(context_len.size()); }
 };
 
+// Which heads each output head of a paged-attention call combines. Per output head h: the query
+// (score) head score_head[h] whose vector makes the scores, the head k_head[h] of the K layer they
+// are taken against, and the head v_head[h] of the V layer whose values P mixes. Each span is
+// empty (the checkpoint's GQA: score h, K and V head h / group of their layer), num_heads long
+// (one map for every sequence) or num_seqs * num_heads long (row s for sequence s: CHAI cluster
+// membership is per sequence). Modes: full = all empty; share = K of the source layer, V of this
+// one, score/k heads through the alignment permutation; cluster = score and K head of the
+// cluster's representative (K cache compacted to the representatives), V head of h; kv_from =
+// both layers the source, GQA maps.
+struct AttentionHeadMap {
+  absl::Span<const int32_t> score_head;
+  absl::Span<const int32_t> k_head;
+  absl::Span<const int32_t> v_head;
+};
+
+// A step workspace of attention probabilities, so a `share` layer applies its source layer's P to
+// its own V without recomputing QKᵀ. p is F32 [num_rows * num_score_heads, max_context] on the
+// backend's device: row r * num_score_heads + sh holds query row r's probabilities for score head
+// sh over positions [0, that row's position] (later columns are not touched). max_context bounds
+// every context_len of the batch. One score head must use one K head per sequence when writing.
+struct AttentionProbs {
+  enum class Mode : uint8_t { kWrite, kRead };
+  TensorView p;
+  Mode mode = Mode::kWrite;
+};
+
 // RoPE angles per position: cos in columns [0, head_dim/2), sin in [head_dim/2, head_dim).
 // Rotation follows the Hugging Face (rotate-half) layout: dims i and i + head_dim/2 form a pair.
 struct RopeTable {
@@ -161,14 +187,33 @@ class Ops {
   virtual void Rope(TensorView x, int num_heads, int head_dim, absl::Span<const int32_t> positions,
                     const RopeTable& table) = 0;
   // Writes row i of k and v (F32) to cache slot batch.slot_mapping[i], converting to the cache's
-  // dtype.
+  // dtype. k is [n, cache.num_k_heads * head_dim] (already compacted to the heads the layer
+  // stores) and v is [n, cache.num_v_heads * head_dim]; a layer without K (num_k_heads == 0)
+  // ignores k, which may be an empty view.
   virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                        const KvCacheLayer& cache) = 0;
-  // Causal attention of q [n, num_heads * head_dim] over the paged cache; GQA/MQA when
-  // num_heads is a multiple of cache.num_kv_heads. out has q's shape.
-  virtual void PagedAttention(const TensorView& q, const KvCacheLayer& cache,
-                              const AttentionBatch& batch, int num_heads, float scale,
-                              TensorView out) = 0;
+  // The paged-attention kernel family (attention plans: ../shared/ATTENTION.md). For each query
+  // row and output head h of sequence s, with (sh, kh, vh) = heads' entries for (s, h):
+  //   P = softmax(scale * q[row, head sh] · K_k_layer[head kh]ᵀ) over positions [0, row's position]
+  //   out[row, head h] = P · V_v_layer[head vh]
+  // K comes from k_layer's cache and V from v_layer's (they may be the same layer), through the
+  // same block tables. q has any number of heads (score heads); out is [n, num_heads * head_dim]
+  // and must not overlap q. Output heads of one sequence with the same (sh, kh) share one P:
+  // scores and softmax run once per such group ("one P, many V").
+  // With `probs` in kWrite mode, every P computed is also stored there; in kRead mode P is read
+  // from there instead (q and k_layer's K are not read; q may be an empty view), giving the same
+  // bits as recomputing it: both backends normalise P = exp(s - max) / Σ exp before it meets V,
+  // so stored and recomputed P feed the same arithmetic.
+  virtual void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
+                                    const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
+                                    const AttentionBatch& batch, int num_heads, float scale,
+                                    TensorView out, const AttentionProbs* probs = nullptr) = 0;
+  // Standard causal attention of q [n, num_heads * head_dim] over one layer's cache (GQA/MQA:
+  // num_heads a multiple of the cache's head counts); out has q's shape.
+  void PagedAttention(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
+                      int num_heads, float scale, TensorView out) {
+    FoldedPagedAttention(q, cache, cache, AttentionHeadMap{}, batch, num_heads, scale, out);
+  }
   // out = silu(gate) * up, elementwise. `out` may alias `gate`.
   virtual void SiluMul(const TensorView& gate, const TensorView& up, TensorView out) = 0;
   // x += y, elementwise.

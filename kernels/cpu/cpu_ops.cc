@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/attention_heads.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/numerics.h"
 #include "kernels/cpu/paged_attention.h"
@@ -23,20 +24,12 @@ void CheckSameShape(const TensorView& a, const TensorView& b) {
                                               << "] vs [" << b.rows << ", " << b.cols << "]";
 }
 
-// K and V: same shape, both F32 or both BF16, rows of num_k_heads * head_dim.
-void CheckCache(const KvCacheLayer& cache) {
-  CheckSameShape(cache.k, cache.v);
-  CHECK(cache.k.dtype == cache.v.dtype) << "K and V caches differ in dtype";
-  CHECK(cache.k.dtype == DType::kF32 || cache.k.dtype == DType::kBF16)
-      << "KV cache dtype " << DTypeName(cache.k.dtype) << " is not F32 or BF16";
-  CHECK_EQ(cache.num_k_heads, cache.num_v_heads) << "folded KV layers need FoldedPagedAttention";
-  CHECK_EQ(cache.k.cols, static_cast<int64_t>(cache.num_k_heads) * cache.head_dim);
-}
-
 class CpuOps final : public Ops {
  public:
   CpuOps(int num_threads, cpu::Isa isa)
-      : pool_(num_threads), matmul_rows_(cpu::MatMulRowsFor(isa)) {
+      : pool_(num_threads),
+        matmul_rows_(cpu::MatMulRowsFor(isa)),
+        attend_tasks_(cpu::AttendTasksFor(isa)) {
     VLOG(1) << "CPU backend: " << pool_.num_threads() << " threads, ISA " << cpu::IsaName(isa);
   }
 
@@ -132,48 +125,36 @@ class CpuOps final : public Ops {
 
   void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                const KvCacheLayer& cache) override {
-    CheckSameShape(k, v);
-    CheckCache(cache);
-    CHECK_EQ(k.cols, cache.k.cols);
-    CHECK_EQ(static_cast<int64_t>(batch.slot_mapping.size()), k.rows);
-    const int64_t cols = k.cols;
-    for (int64_t r = 0; r < k.rows; ++r) {
+    CheckWriteKv(k, v, batch, cache);
+    const bool bf16 = cache.v.dtype == DType::kBF16;
+    for (int64_t r = 0; r < v.rows; ++r) {
       const int64_t slot = batch.slot_mapping[r];
-      CHECK(slot >= 0 && slot < cache.k.rows) << "slot " << slot << " out of range";
-      const float* k_row = k.f32() + r * cols;
-      const float* v_row = v.f32() + r * cols;
-      if (cache.k.dtype == DType::kBF16) {
-        uint16_t* k_dst = static_cast<uint16_t*>(cache.k.data) + slot * cols;
-        uint16_t* v_dst = static_cast<uint16_t*>(cache.v.data) + slot * cols;
-        for (int64_t c = 0; c < cols; ++c) {
-          k_dst[c] = cpu::F32ToBf16(k_row[c]);
-          v_dst[c] = cpu::F32ToBf16(v_row[c]);
-        }
-      } else {
-        std::memcpy(cache.k.f32() + slot * cols, k_row, cols * sizeof(float));
-        std::memcpy(cache.v.f32() + slot * cols, v_row, cols * sizeof(float));
-      }
+      if (cache.num_k_heads > 0) StoreCacheRow(k.f32() + r * k.cols, cache.k, slot, bf16);
+      StoreCacheRow(v.f32() + r * v.cols, cache.v, slot, bf16);
     }
   }
 
-  void PagedAttention(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
-                      int num_heads, float scale, TensorView out) override {
-    CheckSameShape(q, out);
-    CheckCache(cache);
-    CHECK_EQ(q.cols, static_cast<int64_t>(num_heads) * cache.head_dim);
-    CHECK_EQ(num_heads % cache.num_k_heads, 0);
-    CHECK_EQ(static_cast<int64_t>(batch.query_start.size()), batch.num_seqs() + 1);
-    CHECK_EQ(batch.query_start.back(), q.rows);
+  void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
+                            const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
+                            const AttentionBatch& batch, int num_heads, float scale, TensorView out,
+                            const AttentionProbs* probs) override {
+    const AttentionHeadGroups groups =
+        PrepareFoldedAttention(q, k_layer, v_layer, heads, batch, num_heads, out, probs);
+    const std::vector<int64_t> tasks = cpu::AttentionTasks(batch, groups);
+    if (tasks.empty()) return;
+    // Multiply-adds per task, on average: QKᵀ once per group, PV once per output head.
     int64_t work = 0;
     for (int32_t s = 0; s < batch.num_seqs(); ++s) {
+      const int64_t per_position =
+          (groups.reads_k ? groups.num_groups[groups.MapRow(s)] : 0) + num_heads;
       work += static_cast<int64_t>(batch.query_start[s + 1] - batch.query_start[s]) *
-              batch.context_len[s];
+              batch.context_len[s] * per_position;
     }
-    const int64_t tasks = q.rows * num_heads;
-    work = work * num_heads * cache.head_dim * 2 / std::max<int64_t>(tasks, 1);
-    Parallel(tasks, work, [&](int64_t begin, int64_t end) {
-      cpu::AttendTasks(q, cache, batch, num_heads, scale, begin, end, out);
-    });
+    const auto num_tasks = static_cast<int64_t>(tasks.size());
+    work = work * v_layer.head_dim / num_tasks;
+    const cpu::FoldedAttentionArgs args{q,     &k_layer, &v_layer, &batch, &groups,
+                                        probs, scale,    out,      tasks};
+    Parallel(num_tasks, work, [&](int64_t begin, int64_t end) { attend_tasks_(args, begin, end); });
   }
 
   void SiluMul(const TensorView& gate, const TensorView& up, TensorView out) override {
@@ -210,8 +191,20 @@ class CpuOps final : public Ops {
     }
   }
 
+  // Row `slot` of a cache array (F32, or BF16 rounded to nearest even) = src.
+  static void StoreCacheRow(const float* src, const TensorView& dst, int64_t slot, bool bf16) {
+    const int64_t cols = dst.cols;
+    if (bf16) {
+      uint16_t* row = static_cast<uint16_t*>(dst.data) + slot * cols;
+      for (int64_t c = 0; c < cols; ++c) row[c] = cpu::F32ToBf16(src[c]);
+    } else {
+      std::memcpy(dst.f32() + slot * cols, src, cols * sizeof(float));
+    }
+  }
+
   ThreadPool pool_;
   const cpu::MatMulRowsFn matmul_rows_;
+  const cpu::AttendTasksFn attend_tasks_;
 };
 
 }  // namespace

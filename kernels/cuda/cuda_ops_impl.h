@@ -1,6 +1,6 @@
 // The CUDA backend's Ops implementation, shared by the files that define its methods:
-// cuda_ops.cc (lifecycle, memory, element-wise ops), attention_ops.cc (WriteKv, PagedAttention) and
-// matmul.cc (MatMul).
+// cuda_ops.cc (lifecycle, memory, element-wise ops), attention_ops.cc (WriteKv,
+// FoldedPagedAttention) and matmul.cc (MatMul).
 //
 // Everything runs in order on one stream the object owns; CopyToHost is the only call that waits
 // for it. Host spans are uploaded per call into a grow-only device scratch (first version: one
@@ -42,8 +42,10 @@ class CudaOps final : public Ops {
             const RopeTable& table) override;
   void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                const KvCacheLayer& cache) override;
-  void PagedAttention(const TensorView& q, const KvCacheLayer& cache, const AttentionBatch& batch,
-                      int num_heads, float scale, TensorView out) override;
+  void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
+                            const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
+                            const AttentionBatch& batch, int num_heads, float scale, TensorView out,
+                            const AttentionProbs* probs) override;
   void SiluMul(const TensorView& gate, const TensorView& up, TensorView out) override;
   void Add(TensorView x, const TensorView& y) override;
   void GatherRows(const TensorView& x, absl::Span<const int32_t> rows, TensorView out) override;

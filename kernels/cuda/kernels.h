@@ -30,28 +30,45 @@ void LaunchGatherRows(const void* x, const int32_t* rows, int64_t num_rows, int6
 // [max_positions, head_dim] with cos in the first half of each row and sin in the second.
 void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
                 const float* table, cudaStream_t stream);
-// Copies row i of k and v (each `row_width` floats) to row slots[i] of k_cache and v_cache, whose
-// elements are `cache_dtype` (F32, or BF16 rounded to nearest even).
-void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
-                   int64_t row_width, DType cache_dtype, void* k_cache, void* v_cache,
-                   cudaStream_t stream);
+// Copies row i of k (k_width floats; skipped when k_cache is null) and v (v_width floats) to row
+// slots[i] of k_cache and v_cache, whose elements are `cache_dtype` (F32, or BF16 rounded to
+// nearest even).
+void LaunchWriteKv(const float* k, int64_t k_width, const float* v, int64_t v_width,
+                   const int64_t* slots, int64_t num_rows, DType cache_dtype, void* k_cache,
+                   void* v_cache, cudaStream_t stream);
 
-// Everything one paged-attention launch reads. Query row r belongs to sequence row_seq[r] and
-// sits at position row_pos[r]; it attends to positions [0, row_pos[r]] of that sequence.
+// Everything one folded paged-attention launch reads (FoldedPagedAttention in ops.h; the head
+// groups are AttentionHeadGroups' arrays, uploaded). Query row r belongs to sequence row_seq[r]
+// and sits at position row_pos[r]; it attends to positions [0, row_pos[r]] of that sequence.
 struct PagedAttentionParams {
-  const float* q = nullptr;       // [num_rows, num_heads * head_dim]
-  float* out = nullptr;           // same shape as q; may alias q
-  const void* k_cache = nullptr;  // [num_blocks * block_size, num_kv_heads * head_dim]
-  const void* v_cache = nullptr;
+  const float* q = nullptr;       // [num_rows, num_score_heads * head_dim]; unused when reading P
+  float* out = nullptr;           // [num_rows, num_heads * head_dim]
+  const void* k_cache = nullptr;  // [slots, k_stride]; unused when reading P
+  const void* v_cache = nullptr;  // [slots, v_stride]
+  int64_t k_stride = 0;
+  int64_t v_stride = 0;
   DType kv_dtype = DType::kF32;           // of k_cache and v_cache: F32 or BF16
   const int32_t* row_seq = nullptr;       // [num_rows]
   const int32_t* row_pos = nullptr;       // [num_rows]
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  // Head groups per map row m (map row of sequence s: s when per_seq_maps, else 0).
+  const int32_t* num_groups = nullptr;       // [map_rows]
+  const int32_t* group_score = nullptr;      // [map_rows, num_heads]
+  const int32_t* group_k = nullptr;          // [map_rows, num_heads]
+  const int32_t* member_start = nullptr;     // [map_rows, num_heads + 1]
+  const int32_t* member_out_head = nullptr;  // [map_rows, num_heads]
+  const int32_t* member_v_head = nullptr;    // [map_rows, num_heads]
+  bool per_seq_maps = false;
+  // Probabilities workspace: [num_rows * num_score_heads, probs_cols]; mode 0 none, 1 write,
+  // 2 read.
+  float* probs = nullptr;
+  int64_t probs_cols = 0;
+  int32_t probs_mode = 0;
   int64_t num_rows = 0;
   int32_t max_blocks_per_seq = 0;
   int32_t block_size = 0;
   int32_t num_heads = 0;
-  int32_t num_kv_heads = 0;
+  int32_t num_score_heads = 0;
   int32_t head_dim = 0;
   float scale = 1.0f;
 };

@@ -34,15 +34,19 @@ __device__ __forceinline__ void StoreAs(float x, __nv_bfloat16* dst) {
   *dst = __float2bfloat16_rn(x);  // round to nearest even, as the CPU backend does
 }
 
-// One block per token row.
+// One block per token row; a layer without K has k_cache null.
 template <typename T>
-__global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots,
-                              int64_t row_width, T* k_cache, T* v_cache) {
+__global__ void WriteKvKernel(const float* k, int64_t k_width, const float* v, int64_t v_width,
+                              const int64_t* slots, T* k_cache, T* v_cache) {
   const int64_t row = blockIdx.x;
   const int64_t slot = slots[row];
-  for (int64_t c = threadIdx.x; c < row_width; c += blockDim.x) {
-    StoreAs(k[row * row_width + c], k_cache + slot * row_width + c);
-    StoreAs(v[row * row_width + c], v_cache + slot * row_width + c);
+  if (k_cache != nullptr) {
+    for (int64_t c = threadIdx.x; c < k_width; c += blockDim.x) {
+      StoreAs(k[row * k_width + c], k_cache + slot * k_width + c);
+    }
+  }
+  for (int64_t c = threadIdx.x; c < v_width; c += blockDim.x) {
+    StoreAs(v[row * v_width + c], v_cache + slot * v_width + c);
   }
 }
 
@@ -56,18 +60,18 @@ void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const
   KVFOLD_CUDA_CHECK_LAUNCH();
 }
 
-void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t num_rows,
-                   int64_t row_width, DType cache_dtype, void* k_cache, void* v_cache,
-                   cudaStream_t stream) {
-  if (num_rows == 0 || row_width == 0) return;
+void LaunchWriteKv(const float* k, int64_t k_width, const float* v, int64_t v_width,
+                   const int64_t* slots, int64_t num_rows, DType cache_dtype, void* k_cache,
+                   void* v_cache, cudaStream_t stream) {
+  if (num_rows == 0 || v_width == 0) return;
   const auto grid = static_cast<unsigned int>(num_rows);
   if (cache_dtype == DType::kBF16) {
-    WriteKvKernel<<<grid, kRowThreads, 0, stream>>>(k, v, slots, row_width,
+    WriteKvKernel<<<grid, kRowThreads, 0, stream>>>(k, k_width, v, v_width, slots,
                                                     static_cast<__nv_bfloat16*>(k_cache),
                                                     static_cast<__nv_bfloat16*>(v_cache));
   } else {
     WriteKvKernel<<<grid, kRowThreads, 0, stream>>>(
-        k, v, slots, row_width, static_cast<float*>(k_cache), static_cast<float*>(v_cache));
+        k, k_width, v, v_width, slots, static_cast<float*>(k_cache), static_cast<float*>(v_cache));
   }
   KVFOLD_CUDA_CHECK_LAUNCH();
 }

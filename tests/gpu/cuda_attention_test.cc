@@ -1,7 +1,8 @@
-// WriteKv and PagedAttention of the CUDA backend against the CPU reference: several sequences of
-// different lengths (decode, prefill, chunked prefill), MHA, GQA and MQA, several blocks per
-// sequence with scrambled block ids, contexts longer than the kernel's 64-position tile; F32 and
-// BF16 caches (both backends round to nearest even on write, so their caches agree bit for bit).
+// WriteKv, PagedAttention and FoldedPagedAttention of the CUDA backend against the CPU reference:
+// several sequences of different lengths (decode, prefill, chunked prefill), MHA, GQA and MQA,
+// several blocks per sequence with scrambled block ids, contexts longer than the kernel's
+// 64-position tile; F32 and BF16 caches (both backends round to nearest even on write, so their
+// caches agree bit for bit).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -201,5 +202,99 @@ TEST_F(CudaAttentionTest, SequenceOutputIsBatchInvariant) {
                                                  batched.begin() + (begin + q_len) * q_width));
 }
 
+// FoldedPagedAttention (share, cluster, probabilities workspace) against the CPU backend: K from
+// one layer (compact: fewer K heads than V heads), V from a layer that stores no K.
+class CudaFoldedAttentionTest : public BackendPairTest {
+ protected:
+  struct Layers {
+    TensorPair k_cache, v_cache, v_only;
+    KvCacheLayer cpu_k, gpu_k, cpu_v, gpu_v;
+  };
+
+  // A K layer with k_heads K and v_heads V heads, and a V-only layer with v_heads V heads; this
+  // step's rows written through WriteKv on both backends (caches compared bit for bit).
+  Layers MakeLayers(const BatchData& batch, int k_heads, int v_heads, int d, int32_t bs,
+                    DType dtype, std::mt19937& rng) {
+    Layers l;
+    const int64_t rows = int64_t{batch.num_blocks} * bs, n = batch.num_rows();
+    l.k_cache = Upload(RandomArray(rng, dtype, rows, int64_t{k_heads} * d));
+    l.v_cache = Upload(RandomArray(rng, dtype, rows, int64_t{v_heads} * d));
+    l.v_only = Upload(RandomArray(rng, dtype, rows, int64_t{v_heads} * d));
+    l.cpu_k = {l.k_cache.cpu.view(), l.v_cache.cpu.view(), bs, k_heads, v_heads, d};
+    l.gpu_k = {l.k_cache.gpu.view(), l.v_cache.gpu.view(), bs, k_heads, v_heads, d};
+    l.cpu_v = {{}, l.v_only.cpu.view(), bs, 0, v_heads, d};
+    l.gpu_v = {{}, l.v_only.gpu.view(), bs, 0, v_heads, d};
+    const TensorPair k = Upload(RandomArray(rng, DType::kF32, n, int64_t{k_heads} * d));
+    const TensorPair v = Upload(RandomArray(rng, DType::kF32, n, int64_t{v_heads} * d));
+    const TensorPair v2 = Upload(RandomArray(rng, DType::kF32, n, int64_t{v_heads} * d));
+    cpu_->WriteKv(k.cpu.view(), v.cpu.view(), batch.View(), l.cpu_k);
+    gpu_->WriteKv(k.gpu.view(), v.gpu.view(), batch.View(), l.gpu_k);
+    cpu_->WriteKv({}, v2.cpu.view(), batch.View(), l.cpu_v);
+    gpu_->WriteKv({}, v2.gpu.view(), batch.View(), l.gpu_v);
+    EXPECT_TRUE(RawBytes(*gpu_, l.k_cache.gpu) == RawBytes(*cpu_, l.k_cache.cpu));
+    EXPECT_TRUE(RawBytes(*gpu_, l.v_only.gpu) == RawBytes(*cpu_, l.v_only.cpu));
+    return l;
+  }
+
+  void RunFolded(int h, int k_heads, int v_heads, int d, int32_t bs, DType dtype,
+                 const AttentionHeadMap& map, uint32_t seed) {
+    std::mt19937 rng(seed);
+    const BatchData batch = MakeBatch(kMixedBatch, bs, 2, rng);
+    const Layers l = MakeLayers(batch, k_heads, v_heads, d, bs, dtype, rng);
+    const int64_t n = batch.num_rows(), width = int64_t{h} * d;
+    const TensorPair q = Upload(RandomArray(rng, DType::kF32, n, width));
+    const TensorPair out = Zeros(n, width);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+    cpu_->FoldedPagedAttention(q.cpu.view(), l.cpu_k, l.cpu_v, map, batch.View(), h, scale,
+                               out.cpu.view());
+    gpu_->FoldedPagedAttention(q.gpu.view(), l.gpu_k, l.gpu_v, map, batch.View(), h, scale,
+                               out.gpu.view());
+    testing::ExpectNear(Gpu(out), Cpu(out), 5e-5, 0.0);
+  }
+};
+
+TEST_F(CudaFoldedAttentionTest, SharePermutedScoreHeadsVOnlyLayer) {
+  const std::vector<int32_t> score = {3, 0, 5, 1, 4, 2}, k = {1, 0, 2, 0, 2, 1};
+  RunFolded(6, 3, 3, 64, 16, DType::kF32, {score, k, {}}, 31);
+  RunFolded(6, 3, 3, 64, 16, DType::kBF16, {score, k, {}}, 32);
+}
+
+TEST_F(CudaFoldedAttentionTest, ClusterPerSequenceMapsCompactK) {
+  // 6 sequences x 4 heads; two clusters per sequence (K heads 0 and 1), representatives score.
+  std::vector<int32_t> score, k;
+  const int32_t cluster_of[6][4] = {{0, 0, 1, 1}, {0, 1, 0, 1}, {0, 1, 1, 1},
+                                    {0, 0, 0, 1}, {0, 1, 1, 0}, {0, 0, 1, 0}};
+  for (const auto& seq : cluster_of) {
+    for (int h = 0; h < 4; ++h) {
+      int rep = 0;
+      while (seq[rep] != seq[h]) ++rep;
+      score.push_back(rep);
+      k.push_back(seq[h]);
+    }
+  }
+  const std::vector<int32_t> v = {0, 1, 2, 3};
+  RunFolded(4, 2, 4, 33, 5, DType::kF32, {score, k, v}, 33);
+}
+
+// Probabilities written by one call and read by another give the recomputed bits on the GPU too.
+TEST_F(CudaFoldedAttentionTest, StoredProbabilitiesGiveRecomputedBits) {
+  std::mt19937 rng(34);
+  const int h = 8, d = 64;
+  const BatchData batch = MakeBatch(kMixedBatch, 16, 2, rng);
+  const Layers l = MakeLayers(batch, 2, 2, d, 16, DType::kF32, rng);
+  const int64_t n = batch.num_rows(), width = int64_t{h} * d;
+  const Tensor q = Upload(RandomArray(rng, DType::kF32, n, width)).gpu;
+  const Tensor out = gpu_->Allocate(DType::kF32, n, width);
+  const Tensor recomputed = gpu_->Allocate(DType::kF32, n, width);
+  const Tensor p = gpu_->Allocate(DType::kF32, n * h, 160);
+  AttentionProbs probs{p.view(), AttentionProbs::Mode::kWrite};
+  gpu_->FoldedPagedAttention(q.view(), l.gpu_k, l.gpu_k, {}, batch.View(), h, 0.125f, out.view(),
+                             &probs);
+  gpu_->FoldedPagedAttention(q.view(), l.gpu_k, l.gpu_v, {}, batch.View(), h, 0.125f,
+                             recomputed.view());
+  probs.mode = AttentionProbs::Mode::kRead;
+  gpu_->FoldedPagedAttention({}, l.gpu_k, l.gpu_v, {}, batch.View(), h, 0.125f, out.view(), &probs);
+  testing::ExpectBitwiseEqual(Download(*gpu_, out), Download(*gpu_, recomputed));
+}
 }  // namespace
 }  // namespace kvfold
