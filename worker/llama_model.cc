@@ -1,6 +1,8 @@
 #include "worker/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -10,14 +12,24 @@
 #include "worker/status_macros.h"
 
 namespace kvfold {
+namespace {
+
+// Which query, K and V head each output head of a share or cluster layer reads (AttentionHeadMap).
+struct FoldedHeads {
+  std::vector<int32_t> score_head, k_head, v_head;
+  int32_t stored_k_heads = 0;  // cluster: K heads kept (the representatives)
+};
+
+}  // namespace
 
 // A layer's weights; those its plan mode never reads stay empty (drop: every attention weight;
-// kv_from: K and V projections).
+// kv_from: K and V projections; share: Q and K projections).
 struct LlamaModel::Layer {
   Tensor input_norm, post_attention_norm;
   TensorView wq, wk, wv, wo, w_gate, w_up, w_down;
   Tensor bq, bk, bv, bo, b_gate, b_up, b_down;  // empty unless the checkpoint has biases
   Tensor drop_bias;                             // drop with a calibrated bias: [1, hidden]
+  FoldedHeads heads;                            // share and cluster
 };
 
 // Activations for one step, grown to the largest batch seen.
@@ -25,7 +37,18 @@ struct LlamaModel::Workspace {
   int64_t num_tokens = 0, num_logits = 0;
   Tensor x, h, q, k, v, attn, o, gate, up, last, logits;
   std::vector<int32_t> zero_rows;  // num_tokens zeros: GatherRows broadcasts a [1, d] row
+  // Per layer that share layers read: its queries after RoPE, kept for the whole step, and (when
+  // the step's probabilities fit kMaxProbFloats) the attention probabilities it computed.
+  std::vector<Tensor> source_q, source_probs;
+  int64_t probs_capacity = 0;  // floats in each source_probs tensor
+  int32_t probs_cols = 0;      // this step's longest context; 0: probabilities not kept
 };
+
+namespace {
+// Kept probabilities cost num_tokens x num_heads x context floats per source layer; past this a
+// share layer recomputes them from the source's queries and keys (the same bits).
+constexpr int64_t kMaxProbFloats = int64_t{16} << 20;
+}  // namespace
 
 namespace {
 
@@ -52,16 +75,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<Wei
   if (plan.layers.empty()) plan.layers = FullAttentionPlan(config).layers;
   const std::string source = plan.id.empty() ? "attention plan" : "attention plan " + plan.id;
   KVFOLD_RETURN_IF_ERROR(ValidateAttentionPlan(plan, config, /*tp=*/1, source));
-  for (size_t i = 0; i < plan.layers.size(); ++i) {
-    const AttentionMode mode = plan.layers[i].mode;
-    if (mode == AttentionMode::kShare || mode == AttentionMode::kCluster) {
-      return absl::UnimplementedError(
-          absl::StrCat(source, ": layer ", i, " (", std::string(AttentionModeName(mode)),
-                       ") needs the folded attention kernel, which this build lacks"));
-    }
-  }
   std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops, std::move(plan)));
   model->kv_shapes_ = KvLayerShapes(model->config(), model->plan_);
+  model->share_source_.assign(model->plan_.layers.size(), false);
+  for (const LayerPlan& l : model->plan_.layers) {
+    if (l.mode == AttentionMode::kShare) model->share_source_[l.source] = true;
+  }
   if (absl::Status s = model->LoadWeights(); !s.ok()) return s;
   return model;
 }
@@ -94,6 +113,41 @@ class WeightPlacer {
     return t;
   }
 
+  // Rows [b * block_rows, (b + 1) * block_rows) for each b of `blocks`, in that order, as one
+  // owned matrix (cluster layers keep only their representatives' K projection).
+  absl::StatusOr<TensorView> RowBlocks(const std::string& name, int64_t rows, int64_t cols,
+                                       int64_t block_rows, absl::Span<const int32_t> blocks) {
+    absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
+    if (!host.ok()) return host.status();
+    const size_t block_bytes = static_cast<size_t>(block_rows) * host->row_bytes();
+    std::vector<char> bytes;
+    for (int32_t b : blocks) {
+      const char* src = static_cast<const char*>(host->data) + b * block_bytes;
+      bytes.insert(bytes.end(), src, src + block_bytes);
+    }
+    Tensor t = ops_.Allocate(host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+    ops_.CopyFromHost(bytes.data(), t.view());
+    owned_.push_back(std::move(t));
+    return owned_.back().view();
+  }
+
+  // Entries [b * block, (b + 1) * block) of a vector for each b of `blocks` (an empty tensor when
+  // absent).
+  absl::StatusOr<Tensor> OptionalVectorBlocks(bool present, const std::string& name, int64_t n,
+                                              int64_t block, absl::Span<const int32_t> blocks) {
+    if (!present) return Tensor();
+    absl::StatusOr<TensorView> host = ckpt_.Get(name, 1, n);
+    if (!host.ok()) return host.status();
+    std::vector<float> values(n), picked;
+    cpu::DequantizeRow(host->data, host->dtype, n, values.data());
+    for (int32_t b : blocks) {
+      picked.insert(picked.end(), values.begin() + b * block, values.begin() + (b + 1) * block);
+    }
+    Tensor t = ops_.Allocate(DType::kF32, 1, static_cast<int64_t>(picked.size()));
+    ops_.CopyFromHost(picked.data(), t.view());
+    return t;
+  }
+
   // An absent optional bias is an empty tensor.
   absl::StatusOr<Tensor> OptionalVector(bool present, const std::string& name, int64_t n) {
     if (!present) return Tensor();
@@ -105,6 +159,48 @@ class WeightPlacer {
   Ops& ops_;
   std::vector<Tensor>& owned_;
 };
+
+}  // namespace
+
+namespace {
+
+// The head map of a share or cluster layer (ATTENTION.md), as FoldedPagedAttention takes it, per
+// output head h of KV group g = h / group:
+//   share:   scores of the source's query head a = align[h] against the source's K head a / group,
+//            applied to this layer's V head g;
+//   cluster: scores of query head r * group + (h % group) of g's representative KV head r against
+//            the stored K of r (K is compacted to the representatives, in increasing order),
+//            applied to V head g.
+// Returns the representatives (cluster) or nothing (share).
+std::vector<int32_t> BuildFoldedHeadMap(const ModelConfig& c, const LayerPlan& p,
+                                        FoldedHeads& heads) {
+  const int group = c.num_heads / c.num_kv_heads;
+  std::vector<int32_t> reps;
+  if (p.mode == AttentionMode::kCluster) {
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      if (p.static_map[g] == g) reps.push_back(g);
+    }
+  }
+  heads.score_head.resize(c.num_heads);
+  heads.k_head.resize(c.num_heads);
+  heads.v_head.resize(c.num_heads);
+  for (int h = 0; h < c.num_heads; ++h) {
+    const int g = h / group;
+    heads.v_head[h] = g;
+    if (p.mode == AttentionMode::kShare) {
+      const int a = p.align.empty() ? h : p.align[h];
+      heads.score_head[h] = a;
+      heads.k_head[h] = a / group;
+    } else {
+      const int r = p.static_map[g];
+      heads.score_head[h] = r * group + h % group;
+      heads.k_head[h] =
+          static_cast<int32_t>(std::lower_bound(reps.begin(), reps.end(), r) - reps.begin());
+    }
+  }
+  heads.stored_k_heads = static_cast<int32_t>(reps.size());
+  return reps;
+}
 
 }  // namespace
 
@@ -131,21 +227,39 @@ absl::Status LlamaModel::LoadWeights() {
     Layer& l = layers_[i];
     const LayerPlan& p = plan_.layers[i];
     auto name = [i](std::string_view leaf) { return LayerName(i, leaf); };
+    const bool reads_q = p.mode == AttentionMode::kFull || p.mode == AttentionMode::kKvFrom ||
+                         p.mode == AttentionMode::kCluster;
+    const bool writes_v = p.mode == AttentionMode::kFull || p.mode == AttentionMode::kShare ||
+                          p.mode == AttentionMode::kCluster;
     if (p.mode != AttentionMode::kDrop) {
       KVFOLD_ASSIGN_OR_RETURN(l.input_norm, w.Vector(name("input_layernorm.weight"), d));
-      KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
       KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Matrix(name("self_attn.o_proj.weight"), d, q_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
+    }
+    if (reads_q) {
+      KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
       KVFOLD_ASSIGN_OR_RETURN(l.bq,
                               w.OptionalVector(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim));
-      KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
     }
     if (p.mode == AttentionMode::kFull) {
       KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Matrix(name("self_attn.k_proj.weight"), kv_dim, d));
-      KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
       KVFOLD_ASSIGN_OR_RETURN(l.bk,
                               w.OptionalVector(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim));
+    }
+    if (writes_v) {
+      KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
       KVFOLD_ASSIGN_OR_RETURN(l.bv,
                               w.OptionalVector(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim));
+    }
+    if (p.mode == AttentionMode::kShare || p.mode == AttentionMode::kCluster) {
+      const std::vector<int32_t> reps = BuildFoldedHeadMap(c, p, l.heads);
+      if (p.mode == AttentionMode::kCluster) {
+        KVFOLD_ASSIGN_OR_RETURN(
+            l.wk, w.RowBlocks(name("self_attn.k_proj.weight"), kv_dim, d, c.head_dim, reps));
+        KVFOLD_ASSIGN_OR_RETURN(
+            l.bk, w.OptionalVectorBlocks(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim,
+                                         c.head_dim, reps));
+      }
     }
     if (p.mode == AttentionMode::kDrop && !p.bias.empty()) {
       l.drop_bias = ops_.Allocate(DType::kF32, 1, d);
@@ -184,6 +298,10 @@ void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
     w.gate = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
     w.up = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
     w.zero_rows.assign(num_tokens, 0);
+    w.source_q.resize(c.num_layers);
+    for (int i = 0; i < c.num_layers; ++i) {
+      if (share_source_[i]) w.source_q[i] = ops_.Allocate(DType::kF32, num_tokens, q_dim);
+    }
     w.num_tokens = num_tokens;
   }
   if (num_logits > w.num_logits) {
@@ -245,6 +363,7 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
   EnsureWorkspace(n, num_logits);
   Workspace& w = *ws_;
+  KeepProbabilitiesIfTheyFit(batch);
   ops_.Embedding(batch.token_ids, embedding_, w.x.view().Rows(0, n));
   for (int i = 0; i < config().num_layers; ++i) ForwardLayer(i, batch, cache);
   if (num_logits == 0) return absl::OkStatus();
@@ -255,6 +374,36 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache
   ops_.MatMul(last, lm_head_, nullptr, out);
   ops_.CopyToHost(out, logits);
   return absl::OkStatus();
+}
+
+void LlamaModel::KeepProbabilitiesIfTheyFit(const ForwardBatch& batch) {
+  Workspace& w = *ws_;
+  w.probs_cols = 0;
+  if (std::none_of(share_source_.begin(), share_source_.end(), [](bool b) { return b; })) return;
+  const absl::Span<const int32_t> context = batch.attention.context_len;
+  const int32_t longest = *std::max_element(context.begin(), context.end());
+  const int64_t floats =
+      static_cast<int64_t>(batch.token_ids.size()) * config().num_heads * longest;
+  if (floats > kMaxProbFloats) return;
+  if (floats > w.probs_capacity) {
+    w.source_probs.resize(config().num_layers);
+    for (int i = 0; i < config().num_layers; ++i) {
+      if (share_source_[i]) w.source_probs[i] = ops_.Allocate(DType::kF32, 1, floats);
+    }
+    w.probs_capacity = floats;
+  }
+  w.probs_cols = longest;
+}
+
+std::optional<AttentionProbs> LlamaModel::KeptProbabilities(int source, int64_t num_tokens,
+                                                            AttentionProbs::Mode mode) const {
+  const Workspace& w = *ws_;
+  if (w.probs_cols == 0) return std::nullopt;
+  AttentionProbs probs;
+  probs.p = {w.source_probs[source].view().data, DType::kF32, num_tokens * config().num_heads,
+             w.probs_cols};
+  probs.mode = mode;
+  return probs;
 }
 
 void LlamaModel::ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache) {
@@ -273,8 +422,9 @@ void LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch, const K
     case AttentionMode::kDrop:
       return DroppedAttention(index, static_cast<int64_t>(batch.token_ids.size()));
     case AttentionMode::kShare:
+      return SharedAttention(index, batch, cache);
     case AttentionMode::kCluster:
-      break;
+      return ClusteredAttention(index, batch, cache);
   }
   LOG(FATAL) << "layer " << index << ": mode " << AttentionModeName(p.mode)
              << " is rejected by Load";
@@ -287,9 +437,13 @@ void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCac
   Workspace& w = *ws_;
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
-  const TensorView q = w.q.view().Rows(0, n), attn = w.attn.view().Rows(0, n);
-  const TensorView o = w.o.view().Rows(0, n);
+  // A layer that share layers read keeps its queries (and probabilities) for them.
+  const TensorView q = (share_source_[index] ? w.source_q[index] : w.q).view().Rows(0, n);
+  const TensorView attn = w.attn.view().Rows(0, n), o = w.o.view().Rows(0, n);
   const RopeTable rope{rope_table_.view()};
+  const std::optional<AttentionProbs> probs =
+      share_source_[index] ? KeptProbabilities(index, n, AttentionProbs::Mode::kWrite)
+                           : std::nullopt;
 
   ops_.RmsNorm(x, l.input_norm.view(), static_cast<float>(c.rms_norm_eps), h);
   ops_.MatMul(h, l.wq, OrNull(l.bq), q);
@@ -301,13 +455,71 @@ void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCac
     ops_.WriteKv(k, v, batch.attention, kv);
   }
   ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
-  ops_.PagedAttention(q, kv, batch.attention, c.num_heads,
-                      1.0f / std::sqrt(static_cast<float>(c.head_dim)), attn);
+  ops_.FoldedPagedAttention(q, kv, kv, AttentionHeadMap{}, batch.attention, c.num_heads,
+                            AttentionScale(), attn, probs ? &*probs : nullptr);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
   if (observer_ != nullptr && write_kv) {
     observer_->OnAttention({index, x, q, w.k.view().Rows(0, n), o});
   }
   ops_.Add(x, o);
+}
+
+void LlamaModel::SharedAttention(int index, const ForwardBatch& batch, const KvCache& cache) {
+  const ModelConfig& c = config();
+  const Layer& l = layers_[index];
+  const int source = plan_.layers[index].source;
+  Workspace& w = *ws_;
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size());
+  const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
+  const TensorView v = w.v.view().Rows(0, n), attn = w.attn.view().Rows(0, n);
+  const TensorView o = w.o.view().Rows(0, n);
+  const std::optional<AttentionProbs> probs =
+      KeptProbabilities(source, n, AttentionProbs::Mode::kRead);
+
+  // No Q or K projection: the scores are the source layer's, from its queries and keys.
+  ops_.RmsNorm(x, l.input_norm.view(), static_cast<float>(c.rms_norm_eps), h);
+  ops_.MatMul(h, l.wv, OrNull(l.bv), v);
+  ops_.WriteKv(TensorView{}, v, batch.attention, cache.layer(index));
+  ops_.FoldedPagedAttention(w.source_q[source].view().Rows(0, n), cache.layer(source),
+                            cache.layer(index), HeadMap(l), batch.attention, c.num_heads,
+                            AttentionScale(), attn, probs ? &*probs : nullptr);
+  ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  ops_.Add(x, o);
+}
+
+void LlamaModel::ClusteredAttention(int index, const ForwardBatch& batch, const KvCache& cache) {
+  const ModelConfig& c = config();
+  const Layer& l = layers_[index];
+  Workspace& w = *ws_;
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size());
+  const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
+  const TensorView q = w.q.view().Rows(0, n), v = w.v.view().Rows(0, n);
+  const TensorView attn = w.attn.view().Rows(0, n), o = w.o.view().Rows(0, n);
+  // Keys of the representatives only: [n, stored_k_heads * head_dim] in the k buffer.
+  const TensorView k{w.k.view().data, DType::kF32, n,
+                     static_cast<int64_t>(l.heads.stored_k_heads) * c.head_dim};
+  const RopeTable rope{rope_table_.view()};
+  const KvCacheLayer kv = cache.layer(index);
+
+  ops_.RmsNorm(x, l.input_norm.view(), static_cast<float>(c.rms_norm_eps), h);
+  ops_.MatMul(h, l.wq, OrNull(l.bq), q);
+  ops_.MatMul(h, l.wk, OrNull(l.bk), k);
+  ops_.MatMul(h, l.wv, OrNull(l.bv), v);
+  ops_.Rope(k, l.heads.stored_k_heads, c.head_dim, batch.positions, rope);
+  ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
+  ops_.WriteKv(k, v, batch.attention, kv);
+  ops_.FoldedPagedAttention(q, kv, kv, HeadMap(l), batch.attention, c.num_heads, AttentionScale(),
+                            attn);
+  ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  ops_.Add(x, o);
+}
+
+AttentionHeadMap LlamaModel::HeadMap(const Layer& l) {
+  return {l.heads.score_head, l.heads.k_head, l.heads.v_head};
+}
+
+float LlamaModel::AttentionScale() const {
+  return 1.0f / std::sqrt(static_cast<float>(config().head_dim));
 }
 
 void LlamaModel::DroppedAttention(int index, int64_t n) {

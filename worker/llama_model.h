@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -56,6 +57,16 @@ class LlamaModel {
   void AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache);
   // full: own Q/K/V over its own cache; kv_from: own Q over `kv`, the source layer's cache.
   void FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv, bool write_kv);
+  // share: the source layer's probabilities (kept or recomputed) over this layer's V.
+  void SharedAttention(int index, const ForwardBatch& batch, const KvCache& cache);
+  // cluster: scores once per representative KV head, applied to every member's V.
+  void ClusteredAttention(int index, const ForwardBatch& batch, const KvCache& cache);
+  // Whether this step keeps the probabilities of share sources (they fit the workspace budget).
+  void KeepProbabilitiesIfTheyFit(const ForwardBatch& batch);
+  std::optional<AttentionProbs> KeptProbabilities(int source, int64_t num_tokens,
+                                                  AttentionProbs::Mode mode) const;
+  static AttentionHeadMap HeadMap(const Layer& l);
+  float AttentionScale() const;
   // drop: x += bias when the plan has one, else nothing.
   void DroppedAttention(int index, int64_t num_tokens);
   // x += MLP(norm(x)).
@@ -65,6 +76,7 @@ class LlamaModel {
   Ops& ops_;
   AttentionPlan plan_;
   std::vector<KvLayerShape> kv_shapes_;
+  std::vector<bool> share_source_;     // per layer: read by a share layer
   std::vector<Tensor> owned_weights_;  // device copies; empty on CPU
   std::vector<Layer> layers_;
   TensorView embedding_;

@@ -10,6 +10,7 @@
 //   cache must then give the same logits bit for bit, while layer 1 keeps its own Q and O.
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -159,7 +160,9 @@ TEST_P(DropGoldenTest, MatchesTransformersWithTheLayersAttentionRemoved) {
     const auto full = RunBothWays(**unfolded, *ops_, ids, DType::kF32)[0];
     float worst = 0;
     for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(full[i] - want[i]));
-    if (ids.size() > 1) EXPECT_GT(worst, 100 * tolerance) << seq;
+    if (ids.size() > 1) {
+      EXPECT_GT(worst, 100 * tolerance) << seq;
+    }
   }
 
   const std::vector<int32_t> prompt = testing::GoldenIds(**file, "greedy.prompt_ids");
@@ -182,8 +185,25 @@ INSTANTIATE_TEST_SUITE_P(Stories260K, DropGoldenTest,
                                            DropCase{"stories260K-drop2-bias", true}),
                          [](const auto& info) { return info.param.bias ? "WithBias" : "NoBias"; });
 
-// tiny-llama3 (3 layers, GQA 8/2, F16) rewritten as F32 with the changes described at the top.
-std::string WriteKvFromTwin(const testing::ScratchDir& dir) {
+using TensorMap = std::map<std::string, std::vector<float>>;
+int twin_count_ = 0;  // each twin gets its own folder
+
+// Layer 0 adds nothing to the residual stream (o_proj and down_proj zero), so layer 1 sees layer
+// 0's input; `leaves` of layer 1 are then copied from layer 0.
+void MakeLayer1SeeLayer0(TensorMap& t, std::initializer_list<const char*> leaves) {
+  for (const char* name :
+       {"model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"}) {
+    EXPECT_TRUE(t.count(name)) << name;
+    std::fill(t[name].begin(), t[name].end(), 0.0f);
+  }
+  for (const char* leaf : leaves) {
+    t[std::string("model.layers.1.") + leaf] = t[std::string("model.layers.0.") + leaf];
+  }
+}
+
+// tiny-llama3 (3 layers, 8 heads of 16 dims, 2 KV heads, hidden 48, F16) rewritten as F32 after
+// `edit` changes its tensors.
+std::string WriteTwin(const testing::ScratchDir& dir, const std::function<void(TensorMap&)>& edit) {
   const std::string src = testing::SourcePath("tests/fixtures/models/tiny-llama3");
   std::map<std::string, std::vector<float>> tensors;
   std::map<std::string, std::vector<int64_t>> shapes;
@@ -200,21 +220,12 @@ std::string WriteKvFromTwin(const testing::ScratchDir& dir) {
       shapes[t.name] = t.shape;
     }
   }
-  auto zero = [&](const std::string& name) {
-    EXPECT_TRUE(tensors.count(name)) << name;
-    std::fill(tensors[name].begin(), tensors[name].end(), 0.0f);
-  };
-  zero("model.layers.0.self_attn.o_proj.weight");
-  zero("model.layers.0.mlp.down_proj.weight");
-  for (const char* leaf :
-       {"input_layernorm.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}) {
-    tensors[std::string("model.layers.1.") + leaf] = tensors[std::string("model.layers.0.") + leaf];
-  }
+  edit(tensors);
   std::vector<testing::TensorSpec> specs;
   for (const auto& [name, values] : tensors) {
     specs.push_back({name, "F32", shapes[name], testing::F32Bytes(values)});
   }
-  const std::string out = dir.File("model");
+  const std::string out = dir.File("model" + std::to_string(twin_count_++));
   std::filesystem::create_directories(out);
   testing::WriteFile(out + "/model.safetensors", testing::SafetensorsBytes(specs));
   for (const char* file : {"config.json", "generation_config.json"}) {
@@ -224,7 +235,10 @@ std::string WriteKvFromTwin(const testing::ScratchDir& dir) {
 }
 
 TEST_F(AttentionPlanGoldenTest, KvFromEqualsFullAttentionWhenTheKvMustAgree) {
-  const std::string model_dir = WriteKvFromTwin(dir_);
+  const std::string model_dir = WriteTwin(dir_, [](TensorMap& t) {
+    MakeLayer1SeeLayer0(
+        t, {"input_layernorm.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"});
+  });
   auto full = testing::LoadModel(model_dir, *ops_);
   ASSERT_TRUE(full.ok()) << full.status();
   auto shared = LoadWithPlan(
@@ -256,6 +270,117 @@ TEST_F(AttentionPlanGoldenTest, KvFromEqualsFullAttentionWhenTheKvMustAgree) {
   ASSERT_TRUE(unfolded_original.ok());
   EXPECT_NE(RunBothWays(**folded_original, *ops_, ids, DType::kF32)[0],
             RunBothWays(**unfolded_original, *ops_, ids, DType::kF32)[0]);
+}
+
+// Both ways (prefill; half prefill + decodes), F32 and BF16 caches: `folded` equals `full` bit
+// for bit.
+void ExpectSameLogits(LlamaModel& folded, LlamaModel& full, Ops& ops) {
+  const std::vector<int32_t> ids = {1, 17,  250, 3, 99, 42,  42,  7, 180, 5,   64, 299, 12,  0, 33,
+                                    8, 140, 77,  2, 91, 200, 150, 6, 11,  260, 31, 4,   120, 9, 10};
+  for (DType kv : {DType::kF32, DType::kBF16}) {
+    ASSERT_EQ(RunBothWays(folded, ops, ids, kv), RunBothWays(full, ops, ids, kv)) << DTypeName(kv);
+  }
+}
+
+constexpr int kHeadDim = 16, kHidden = 48;
+
+// Query head rows [h * 16, (h + 1) * 16) of q_proj (48 columns each).
+void CopyQueryHead(std::vector<float>& q_proj, int from, int to) {
+  std::copy_n(q_proj.begin() + from * kHeadDim * kHidden, kHeadDim * kHidden,
+              q_proj.begin() + to * kHeadDim * kHidden);
+}
+
+// share: layer 1 reads layer 0's probabilities. With layer 1 seeing layer 0's input and holding
+// layer 0's Q/K projections with its query heads permuted by `align` (head h of layer 1 is head
+// align[h] of layer 0), its own probabilities are the aligned ones bit for bit, so the folded
+// model must equal the full one exactly; layer 1 keeps its own V and O.
+TEST_F(AttentionPlanGoldenTest, ShareEqualsFullWhenTheProbabilitiesMustAgree) {
+  // A permutation within each KV group (heads 0-3 share KV head 0, 4-7 KV head 1).
+  const std::vector<int32_t> align = {2, 0, 3, 1, 5, 4, 7, 6};
+  const std::string model_dir = WriteTwin(dir_, [&](TensorMap& t) {
+    MakeLayer1SeeLayer0(t, {"input_layernorm.weight", "self_attn.k_proj.weight"});
+    const std::vector<float>& q0 = t["model.layers.0.self_attn.q_proj.weight"];
+    std::vector<float>& q1 = t["model.layers.1.self_attn.q_proj.weight"];
+    for (int h = 0; h < 8; ++h) {
+      std::copy_n(q0.begin() + align[h] * kHeadDim * kHidden, kHeadDim * kHidden,
+                  q1.begin() + h * kHeadDim * kHidden);
+    }
+  });
+  auto full = testing::LoadModel(model_dir, *ops_);
+  ASSERT_TRUE(full.ok()) << full.status();
+  std::string align_json = "[";
+  for (size_t h = 0; h < align.size(); ++h)
+    align_json += (h ? ", " : "") + std::to_string(align[h]);
+  align_json += "]";
+  auto shared =
+      LoadWithPlan(model_dir,
+                   WritePlan(dir_, model_dir,
+                             {"{\"mode\": \"full\"}",
+                              "{\"mode\": \"share\", \"from\": 0, \"align\": " + align_json + "}",
+                              "{\"mode\": \"full\"}"}),
+                   *ops_);
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  EXPECT_EQ((*shared)->kv_layer_shapes()[1].k_heads, 0);
+  EXPECT_EQ((*shared)->kv_layer_shapes()[1].v_heads, 2);
+  ExpectSameLogits(**shared, **full, *ops_);
+  // Without the alignment the probabilities differ: the check is not vacuous.
+  auto unaligned = LoadWithPlan(
+      model_dir,
+      WritePlan(
+          dir_, model_dir,
+          {"{\"mode\": \"full\"}", "{\"mode\": \"share\", \"from\": 0}", "{\"mode\": \"full\"}"}),
+      *ops_);
+  ASSERT_TRUE(unaligned.ok()) << unaligned.status();
+  const std::vector<int32_t> ids = {1, 17, 250, 3, 99, 42, 42, 7};
+  EXPECT_NE(RunBothWays(**unaligned, *ops_, ids, DType::kF32)[0],
+            RunBothWays(**full, *ops_, ids, DType::kF32)[0]);
+}
+
+// cluster with one KV head per cluster computes exactly what full attention does.
+TEST_F(AttentionPlanGoldenTest, ClusterWithOneHeadPerClusterEqualsFull) {
+  const std::string original = testing::SourcePath("tests/fixtures/models/tiny-llama3");
+  auto full = testing::LoadModel(original, *ops_);
+  ASSERT_TRUE(full.ok()) << full.status();
+  auto clustered =
+      LoadWithPlan(original,
+                   WritePlan(dir_, original,
+                             {"{\"mode\": \"full\"}",
+                              "{\"mode\": \"cluster\", \"clusters\": 2, \"static_map\": [0, 1]}",
+                              "{\"mode\": \"cluster\", \"clusters\": 2, \"static_map\": [0, 1]}"}),
+                   *ops_);
+  ASSERT_TRUE(clustered.ok()) << clustered.status();
+  ExpectSameLogits(**clustered, **full, *ops_);
+}
+
+// cluster merging KV heads 0 and 1 of layer 1: when KV head 1's keys and its query heads'
+// projections equal KV head 0's, the representative's scores are exactly head 1's own, so the
+// folded model (storing one K head, two V heads) equals the full one; with the original weights
+// it does not.
+TEST_F(AttentionPlanGoldenTest, ClusterEqualsFullWhenTheMembersScoresAgree) {
+  const std::string model_dir = WriteTwin(dir_, [](TensorMap& t) {
+    std::vector<float>& k = t["model.layers.1.self_attn.k_proj.weight"];
+    std::copy_n(k.begin(), kHeadDim * kHidden, k.begin() + kHeadDim * kHidden);
+    for (int j = 0; j < 4; ++j)
+      CopyQueryHead(t["model.layers.1.self_attn.q_proj.weight"], j, 4 + j);
+  });
+  const std::vector<std::string> layers = {
+      "{\"mode\": \"full\"}", "{\"mode\": \"cluster\", \"clusters\": 1, \"static_map\": [0, 0]}",
+      "{\"mode\": \"full\"}"};
+  auto full = testing::LoadModel(model_dir, *ops_);
+  ASSERT_TRUE(full.ok()) << full.status();
+  auto clustered = LoadWithPlan(model_dir, WritePlan(dir_, model_dir, layers), *ops_);
+  ASSERT_TRUE(clustered.ok()) << clustered.status();
+  EXPECT_EQ((*clustered)->kv_layer_shapes()[1].k_heads, 1);
+  EXPECT_EQ((*clustered)->kv_layer_shapes()[1].v_heads, 2);
+  ExpectSameLogits(**clustered, **full, *ops_);
+
+  const std::string original = testing::SourcePath("tests/fixtures/models/tiny-llama3");
+  auto original_full = testing::LoadModel(original, *ops_);
+  auto original_clustered = LoadWithPlan(original, WritePlan(dir_, original, layers), *ops_);
+  ASSERT_TRUE(original_full.ok() && original_clustered.ok());
+  const std::vector<int32_t> ids = {1, 17, 250, 3, 99, 42, 42, 7};
+  EXPECT_NE(RunBothWays(**original_clustered, *ops_, ids, DType::kF32)[0],
+            RunBothWays(**original_full, *ops_, ids, DType::kF32)[0]);
 }
 
 }  // namespace

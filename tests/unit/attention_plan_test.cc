@@ -376,12 +376,17 @@ TEST(LlamaModelPlanTest, LoadChecksThePlan) {
   plan.layers.resize(3);
   plan.layers[2] = {AttentionMode::kShare, 0};
   absl::StatusOr<std::unique_ptr<LlamaModel>> m = load(plan);
-  EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(m.status().message(), HasSubstr("needs the folded attention kernel"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->kv_layer_shapes()[2], (KvLayerShape{0, 2, 16}));  // share: V only
   plan.layers[2].mode = AttentionMode::kCluster;
-  plan.layers[2].clusters = 2;
-  plan.layers[2].static_map = {0, 1};
-  EXPECT_EQ(load(plan).status().code(), absl::StatusCode::kUnimplemented);
+  plan.layers[2].source = -1;
+  plan.layers[2].clusters = 1;
+  plan.layers[2].static_map = {0, 0};
+  m = load(plan);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->kv_layer_shapes()[2], (KvLayerShape{1, 2, 16}));  // K of the representative
+  plan.layers[2].static_map = {1, 1};  // a representative must be its cluster's lowest head
+  EXPECT_FALSE(load(plan).ok());
   plan.layers.resize(2);
   EXPECT_THAT(load(plan).status().message(), HasSubstr("2 layers; the model has 3"));
   plan.layers = {{AttentionMode::kFull}, {AttentionMode::kKvFrom, 2}, {AttentionMode::kFull}};
