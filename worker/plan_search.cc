@@ -131,36 +131,46 @@ absl::StatusOr<PlanSearchResult> SearchAttentionPlan(const ModelConfig& config,
     std::vector<Candidate> candidates =
         Candidates(config, result.plan, stats, options.candidates_per_kind, banned);
     if (candidates.empty()) break;
-    // Lowest loss increase per byte saved; a change that lowers the loss wins outright.
-    int best = -1;
-    double best_score = std::numeric_limits<double>::infinity(), best_loss = 0.0;
-    AttentionPlan best_plan;
+    // Measure every candidate, then try them from the lowest loss increase per byte saved (a
+    // change that lowers the loss first) until one keeps held-out perplexity within tolerance.
+    struct Measured {
+      double score, loss;
+      size_t index;
+      AttentionPlan plan;
+    };
+    std::vector<Measured> measured;
     for (size_t i = 0; i < candidates.size(); ++i) {
       AttentionPlan trial = result.plan;
       trial.layers[candidates[i].layer] = candidates[i].change;
       const size_t saved = bytes - PlanBytes(config, trial, options.kv_dtype);
       if (saved == 0) continue;
       KVFOLD_ASSIGN_OR_RETURN(const double loss, calibration_loss(trial));
-      const double score = (loss - current_loss) / static_cast<double>(saved);
-      if (score < best_score) {
-        best = static_cast<int>(i), best_score = score, best_loss = loss;
-        best_plan = std::move(trial);
+      measured.push_back(
+          {(loss - current_loss) / static_cast<double>(saved), loss, i, std::move(trial)});
+    }
+    if (measured.empty()) break;
+    std::stable_sort(measured.begin(), measured.end(),
+                     [](const Measured& a, const Measured& b) { return a.score < b.score; });
+    bool accepted = false;
+    for (Measured& m : measured) {
+      if (rejections >= options.max_rejections) break;
+      KVFOLD_ASSIGN_OR_RETURN(const double heldout, heldout_loss(m.plan));
+      PlanSearchStep step = make_step(candidates[m.index].description, m.plan, m.loss, heldout);
+      if (step.heldout_ppl > max_ppl) {
+        step.accepted = false;
+        banned.insert(candidates[m.index].description);
+        ++rejections;
+        record(std::move(step));
+        continue;
       }
-    }
-    if (best < 0) break;
-    KVFOLD_ASSIGN_OR_RETURN(const double heldout, heldout_loss(best_plan));
-    PlanSearchStep step = make_step(candidates[best].description, best_plan, best_loss, heldout);
-    if (step.heldout_ppl > max_ppl) {
-      step.accepted = false;
-      banned.insert(candidates[best].description);
-      ++rejections;
+      rejections = 0;
+      result.plan = std::move(m.plan);
+      current_loss = m.loss;
       record(std::move(step));
-      continue;
+      accepted = true;
+      break;
     }
-    rejections = 0;
-    result.plan = std::move(best_plan);
-    current_loss = best_loss;
-    record(std::move(step));
+    if (!accepted) break;
   }
   return result;
 }

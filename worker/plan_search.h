@@ -33,7 +33,7 @@ struct PlanSearchOptions {
   double max_ppl_increase = 0.02;  // relative, on held-out text
   double target_kv_saving = 1.0;   // stop once this fraction of KV bytes/token is saved
   int candidates_per_kind = 2;     // measured per step for each of drop, share, cluster
-  int max_rejections = 3;          // consecutive candidates over tolerance before giving up
+  int max_rejections = 4;          // consecutive candidates over tolerance before giving up
   DType kv_dtype = DType::kBF16;
   int64_t kv_budget_bytes = 0;  // for the "sequences that fit" column
   int32_t sequence_tokens = 1024;
