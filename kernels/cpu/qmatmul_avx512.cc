@@ -1,0 +1,132 @@
+// The AVX-512 VNNI quantized matmul: two blocks (one zmm of 64 int8) per step; one vpdpbusd gives
+// the 16 lane partials (lanes 0-7 the even block, 8-15 the odd one, as qmatmul_kernel.inc orders
+// them). vpdpbusd multiplies unsigned by signed bytes, so signed weights are stored offset
+// (w_q + kOffset) and the offset times the activation's lane sums is subtracted, exactly.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "glog/logging.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/numerics.h"
+#include "kernels/cpu/quant.h"
+
+// GCC 12's avx512fintrin.h self-initialises its _mm512_undefined_* values (a known false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,f16c")
+
+namespace kvfold::cpu {
+namespace {
+
+struct Q {
+  static constexpr int kStep = 2;
+  static constexpr int kRows = 4;
+  static constexpr int kTokens = 4;
+  struct Acc {
+    __m512 v;
+  };
+  struct W {
+    __m512i q;  // w_q + kOffset, unsigned: block b in bytes 0-31, block b + 1 in 32-63
+    __m128 sc;  // {d, m} of block b, then of block b + 1 (m = 0 without a min; 0s past the row)
+  };
+  struct X {
+    __m512i q;
+    __m512i minus_offset_sums;  // -kOffset · Σ x_q per lane
+    __m128 sc;                  // {d, s} of block b, then of block b + 1
+  };
+
+  static uint32_t ScaleBits(const uint8_t* block, bool has_min) {
+    uint32_t v = 0;
+    std::memcpy(&v, block, has_min ? 4 : 2);
+    return v;
+  }
+
+  static Acc Zero() { return {_mm512_setzero_ps()}; }
+
+  template <class F>
+  static W LoadW(const uint8_t* block, int count) {
+    const uint8_t* next = block + F::kBytes;
+    const uint32_t s0 = ScaleBits(block, F::kMin), s1 = count == 2 ? ScaleBits(next, F::kMin) : 0;
+    W w;
+    w.sc = _mm_cvtph_ps(_mm_set_epi32(0, 0, static_cast<int>(s1), static_cast<int>(s0)));
+    if constexpr (F::kOffset == 128) {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + F::kQs));
+      const __m256i hi = count == 2
+                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(next + F::kQs))
+                             : _mm256_setzero_si256();
+      w.q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                             _mm512_set1_epi8(static_cast<char>(0x80)));
+    } else {
+      const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + F::kQs));
+      const __m128i q1 = count == 2
+                             ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(next + F::kQs))
+                             : _mm_setzero_si128();
+      const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+      const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(both), _mm256_srli_epi16(both, 4),
+                                           1);  // q0 q1 q0>>4 q1>>4
+      w.q = _mm512_and_si512(_mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0)),
+                             _mm512_set1_epi8(15));  // lo0 hi0 lo1 hi1
+    }
+    return w;
+  }
+
+  template <class F>
+  static X LoadX(const Q8Activations& x, int64_t t, int64_t b, int count) {
+    X out;
+    const int8_t* q = x.Q(t, b);
+    const float* sc = x.Scales(t, b);
+    if (count == 2) {
+      out.q = _mm512_loadu_si512(q);
+      out.sc = _mm_loadu_ps(sc);
+    } else {
+      out.q = _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+      out.sc = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc)));
+    }
+    out.minus_offset_sums = _mm512_setzero_si512();
+    if constexpr (F::kOffset != 0) {
+      const __m512i sums = _mm512_dpbusd_epi32(
+          _mm512_setzero_si512(), _mm512_set1_epi8(static_cast<char>(F::kOffset)), out.q);
+      out.minus_offset_sums = _mm512_sub_epi32(_mm512_setzero_si512(), sums);
+    }
+    return out;
+  }
+
+  template <class F>
+  static void Step(const W& w, const X& x, int64_t, int count, Acc& acc, float& mins) {
+    const __m512i p = _mm512_dpbusd_epi32(x.minus_offset_sums, w.q, x.q);
+    const __m128 prod = _mm_mul_ps(w.sc, x.sc);  // {dd0, ms0, dd1, ms1}
+    const __m512 dd =
+        _mm512_permutexvar_ps(_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                              _mm512_castps128_ps512(prod));
+    acc.v = _mm512_add_ps(acc.v, _mm512_mul_ps(_mm512_cvtepi32_ps(p), dd));
+    if constexpr (F::kMin) {
+      mins += _mm_cvtss_f32(_mm_shuffle_ps(prod, prod, 1));
+      if (count == 2) mins += _mm_cvtss_f32(_mm_shuffle_ps(prod, prod, 3));
+    }
+  }
+
+  static float Reduce(const Acc& a) {
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1));
+    const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a.v), hi);  // acc j += acc j + 8
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+  }
+};
+
+#include "kernels/cpu/qmatmul_kernel.inc"
+
+}  // namespace
+
+void QMatMulRowsAvx512(const Q8Activations& x, const void* w, DType w_dtype, const float* bias,
+                       int64_t row_begin, int64_t row_end, float* out, int64_t out_stride) {
+  QMatMulRowsIsa(x, w, w_dtype, bias, row_begin, row_end, out, out_stride);
+}
+
+}  // namespace kvfold::cpu
+
+#pragma GCC pop_options
