@@ -8,17 +8,13 @@ namespace {
 // Chunks per thread: enough to even out uneven items, few enough that claiming stays cheap.
 constexpr int kChunksPerThread = 4;
 
-// Spin iterations before sleeping: ~50-100 µs of pause instructions, longer than the gaps between
-// a decode step's loops, short enough not to matter to an idle server.
-constexpr int kSpinIterations = 1 << 12;
+// Polls before sleeping, each a sched_yield: on an idle core it returns at once (the poll lasts
+// some tens of µs, longer than the gaps between a decode step's loops); on an oversubscribed
+// machine it hands the core to whoever runs the work we wait for. A pause-instruction spin was
+// measured 1.5x slower than plain condition variables at load 7 on 2 cores (bench/RESULTS.md).
+constexpr int kSpinIterations = 64;
 
-inline void CpuRelax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#else
-  std::this_thread::yield();
-#endif
-}
+inline void CpuRelax() { std::this_thread::yield(); }
 
 // Chunk `index` of `parts` near-equal contiguous chunks of [0, n).
 std::pair<int64_t, int64_t> Chunk(int64_t n, int parts, int index) {
