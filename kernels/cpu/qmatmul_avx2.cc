@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "glog/logging.h"
 #include "kernels/cpu/matmul.h"
@@ -39,8 +40,8 @@ struct Q {
 
   static Acc Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 
-  template <class F>
-  static W LoadW(const uint8_t* block, int) {
+  template <class F, int kCount>
+  static W LoadW(const uint8_t* block) {
     W w;
     w.d = HalfToFloat(block);
     w.m = F::kMin ? HalfToFloat(block + 2) : 0.0f;
@@ -56,14 +57,14 @@ struct Q {
     return w;
   }
 
-  template <class F>
-  static X LoadX(const Q8Activations& x, int64_t t, int64_t b, int) {
+  template <class F, int kCount>
+  static X LoadX(const Q8Activations& x, int64_t t, int64_t b) {
     const float* sc = x.Scales(t, b);
     return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.Q(t, b))), sc[0], sc[1]};
   }
 
-  template <class F>
-  static void Step(const W& w, const X& x, int64_t b, int, Acc& acc, float& mins) {
+  template <class F, int kCount>
+  static void Step(const W& w, const X& x, int64_t b, Acc& acc, float& mins) {
     __m256i pairs;
     if constexpr (F::kOffset == 0) {
       pairs = _mm256_maddubs_epi16(w.q, x.q);

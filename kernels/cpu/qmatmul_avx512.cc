@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "glog/logging.h"
 #include "kernels/cpu/matmul.h"
@@ -47,22 +48,22 @@ struct Q {
 
   static Acc Zero() { return {_mm512_setzero_ps()}; }
 
-  template <class F>
-  static W LoadW(const uint8_t* block, int count) {
+  template <class F, int kCount>
+  static W LoadW(const uint8_t* block) {
     const uint8_t* next = block + F::kBytes;
-    const uint32_t s0 = ScaleBits(block, F::kMin), s1 = count == 2 ? ScaleBits(next, F::kMin) : 0;
+    const uint32_t s0 = ScaleBits(block, F::kMin), s1 = kCount == 2 ? ScaleBits(next, F::kMin) : 0;
     W w;
     w.sc = _mm_cvtph_ps(_mm_set_epi32(0, 0, static_cast<int>(s1), static_cast<int>(s0)));
     if constexpr (F::kOffset == 128) {
       const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + F::kQs));
-      const __m256i hi = count == 2
+      const __m256i hi = kCount == 2
                              ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(next + F::kQs))
                              : _mm256_setzero_si256();
       w.q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
                              _mm512_set1_epi8(static_cast<char>(0x80)));
     } else {
       const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block + F::kQs));
-      const __m128i q1 = count == 2
+      const __m128i q1 = kCount == 2
                              ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(next + F::kQs))
                              : _mm_setzero_si128();
       const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
@@ -74,12 +75,12 @@ struct Q {
     return w;
   }
 
-  template <class F>
-  static X LoadX(const Q8Activations& x, int64_t t, int64_t b, int count) {
+  template <class F, int kCount>
+  static X LoadX(const Q8Activations& x, int64_t t, int64_t b) {
     X out;
     const int8_t* q = x.Q(t, b);
     const float* sc = x.Scales(t, b);
-    if (count == 2) {
+    if (kCount == 2) {
       out.q = _mm512_loadu_si512(q);
       out.sc = _mm_loadu_ps(sc);
     } else {
@@ -95,8 +96,8 @@ struct Q {
     return out;
   }
 
-  template <class F>
-  static void Step(const W& w, const X& x, int64_t, int count, Acc& acc, float& mins) {
+  template <class F, int kCount>
+  static void Step(const W& w, const X& x, int64_t, Acc& acc, float& mins) {
     const __m512i p = _mm512_dpbusd_epi32(x.minus_offset_sums, w.q, x.q);
     const __m128 prod = _mm_mul_ps(w.sc, x.sc);  // {dd0, ms0, dd1, ms1}
     const __m512 dd =
@@ -105,7 +106,7 @@ struct Q {
     acc.v = _mm512_add_ps(acc.v, _mm512_mul_ps(_mm512_cvtepi32_ps(p), dd));
     if constexpr (F::kMin) {
       mins += _mm_cvtss_f32(_mm_shuffle_ps(prod, prod, 1));
-      if (count == 2) mins += _mm_cvtss_f32(_mm_shuffle_ps(prod, prod, 3));
+      if (kCount == 2) mins += _mm_cvtss_f32(_mm_shuffle_ps(prod, prod, 3));
     }
   }
 

@@ -1,6 +1,7 @@
 // The portable quantized matmul: integer lane partials in plain loops, one block per step.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "glog/logging.h"
 #include "kernels/cpu/matmul.h"
@@ -28,8 +29,8 @@ struct Q {
 
   static Acc Zero() { return Acc{}; }
 
-  template <class F>
-  static W LoadW(const uint8_t* block, int) {
+  template <class F, int kCount>
+  static W LoadW(const uint8_t* block) {
     W w;
     w.d = F16ToF32(LoadU16(block));
     w.m = F::kMin ? F16ToF32(LoadU16(block + 2)) : 0.0f;
@@ -44,14 +45,14 @@ struct Q {
     return w;
   }
 
-  template <class F>
-  static X LoadX(const Q8Activations& x, int64_t t, int64_t b, int) {
+  template <class F, int kCount>
+  static X LoadX(const Q8Activations& x, int64_t t, int64_t b) {
     const float* sc = x.Scales(t, b);
     return {x.Q(t, b), sc[0], sc[1]};
   }
 
-  template <class F>
-  static void Step(const W& w, const X& x, int64_t b, int, Acc& acc, float& mins) {
+  template <class F, int kCount>
+  static void Step(const W& w, const X& x, int64_t b, Acc& acc, float& mins) {
     const float dd = w.d * x.d;
     float* lanes = acc.v + 8 * (b % 2);
     for (int l = 0; l < 8; ++l) {
