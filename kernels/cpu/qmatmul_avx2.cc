@@ -24,6 +24,7 @@ struct Q {
   static constexpr int kTokens = 2;
   struct Acc {
     __m256 lo, hi;  // accumulators 0-7 (even blocks), 8-15 (odd blocks)
+    float mins[2];  // even, odd blocks
   };
   struct W {
     __m256i q;  // Q8_0, Q4_0: signed w_q; Q4_1: unsigned nibbles
@@ -38,7 +39,7 @@ struct Q {
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(LoadU16(p))));
   }
 
-  static Acc Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static Acc Zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps(), {0.0f, 0.0f}}; }
 
   template <class F, int kCount>
   static W LoadW(const uint8_t* block) {
@@ -64,7 +65,7 @@ struct Q {
   }
 
   template <class F, int kCount>
-  static void Step(const W& w, const X& x, int64_t b, Acc& acc, float& mins) {
+  static void Step(const W& w, const X& x, int64_t b, Acc& acc) {
     __m256i pairs;
     if constexpr (F::kOffset == 0) {
       pairs = _mm256_maddubs_epi16(w.q, x.q);
@@ -78,14 +79,16 @@ struct Q {
     } else {
       acc.hi = _mm256_add_ps(acc.hi, term);
     }
-    if constexpr (F::kMin) mins += w.m * x.s;
+    if constexpr (F::kMin) acc.mins[b % 2] += w.m * x.s;
   }
 
-  static float Reduce(const Acc& a) {
+  template <class F>
+  static float Finish(const Acc& a) {
     const __m256 s8 = _mm256_add_ps(a.lo, a.hi);  // acc j += acc j + 8
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+    const float y = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+    return F::kMin ? y + (a.mins[0] + a.mins[1]) : y;
   }
 };
 

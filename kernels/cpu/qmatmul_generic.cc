@@ -17,6 +17,7 @@ struct Q {
   static constexpr int kTokens = 2;
   struct Acc {
     float v[16];
+    float mins[2];  // even, odd blocks
   };
   struct W {
     int q[32];  // w_q: signed integer weights
@@ -52,7 +53,7 @@ struct Q {
   }
 
   template <class F, int kCount>
-  static void Step(const W& w, const X& x, int64_t b, Acc& acc, float& mins) {
+  static void Step(const W& w, const X& x, int64_t b, Acc& acc) {
     const float dd = w.d * x.d;
     float* lanes = acc.v + 8 * (b % 2);
     for (int l = 0; l < 8; ++l) {
@@ -60,14 +61,15 @@ struct Q {
       for (int i = 4 * l; i < 4 * l + 4; ++i) p += w.q[i] * x.q[i];
       lanes[l] += static_cast<float>(p) * dd;
     }
-    if constexpr (F::kMin) mins += w.m * x.s;
+    if constexpr (F::kMin) acc.mins[b % 2] += w.m * x.s;
   }
 
-  static float Reduce(Acc a) {
+  template <class F>
+  static float Finish(Acc a) {
     for (int width = 8; width >= 1; width /= 2) {
       for (int j = 0; j < width; ++j) a.v[j] += a.v[j + width];
     }
-    return a.v[0];
+    return F::kMin ? a.v[0] + (a.mins[0] + a.mins[1]) : a.v[0];
   }
 };
 
