@@ -8,14 +8,6 @@ namespace {
 // Chunks per thread: enough to even out uneven items, few enough that claiming stays cheap.
 constexpr int kChunksPerThread = 4;
 
-// Polls before sleeping, each a sched_yield: on an idle core it returns at once (the poll lasts
-// some tens of µs, longer than the gaps between a decode step's loops); on an oversubscribed
-// machine it hands the core to whoever runs the work we wait for. A pause-instruction spin was
-// measured 1.5x slower than plain condition variables at load 7 on 2 cores (bench/RESULTS.md).
-constexpr int kSpinIterations = 64;
-
-inline void CpuRelax() { std::this_thread::yield(); }
-
 // Chunk `index` of `parts` near-equal contiguous chunks of [0, n).
 std::pair<int64_t, int64_t> Chunk(int64_t n, int parts, int index) {
   const int64_t base = n / parts, extra = n % parts;
@@ -33,7 +25,7 @@ ThreadPool::ThreadPool(int num_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_.store(true);
+    stop_ = true;
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -51,18 +43,13 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t, int64_
     job_size_ = n;
     job_chunks_ = static_cast<int>(std::min<int64_t>(n, num_threads() * kChunksPerThread));
     next_chunk_.store(0, std::memory_order_relaxed);
-    pending_.store(num_threads() - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    pending_ = num_threads() - 1;
+    ++generation_;
   }
   start_cv_.notify_all();
   RunChunks();
-  for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) {
-    CpuRelax();
-  }
-  if (pending_.load(std::memory_order_acquire) != 0) {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
-  }
+  std::unique_lock<std::mutex> lock(mu_);
+  done_cv_.wait(lock, [this] { return pending_ == 0; });
   job_ = nullptr;
 }
 
@@ -76,22 +63,15 @@ void ThreadPool::RunChunks() {
 void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   for (;;) {
-    auto idle = [&] {
-      return !stop_.load(std::memory_order_relaxed) &&
-             generation_.load(std::memory_order_acquire) == seen;
-    };
-    for (int i = 0; i < kSpinIterations && idle(); ++i) CpuRelax();
-    if (idle()) {
+    {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return !idle(); });
+      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
     }
-    if (stop_.load()) return;
-    seen = generation_.load(std::memory_order_acquire);
     RunChunks();  // job_, job_size_ and job_chunks_ stay fixed until every worker reports
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mu_);  // the caller checks pending_ under mu_: no lost wake
-      done_cv_.notify_one();
-    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--pending_ == 0) done_cv_.notify_one();
   }
 }
 

@@ -1,7 +1,4 @@
-// A persistent pool of worker threads for data-parallel loops: no thread is spawned per op. Idle
-// workers (and the caller waiting for them) spin briefly before sleeping on a condition variable:
-// a decode step of a small model issues hundreds of ~20 µs loops back to back, and a futex
-// wake-up per loop would cost as much as the loop.
+// A persistent pool of worker threads for data-parallel loops: no thread is spawned per op.
 #pragma once
 
 #include <atomic>
@@ -43,11 +40,9 @@ class ThreadPool {
   int64_t job_size_ = 0;
   int job_chunks_ = 0;
   std::atomic<int> next_chunk_{0};
-  // Written under mu_ (so sleepers' predicates are consistent), read lock-free by spinners; the
-  // release store of generation_ publishes job_, job_size_ and job_chunks_.
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};  // workers still running the current job
-  std::atomic<bool> stop_{false};
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
 };
 
 }  // namespace kvfold
