@@ -12,8 +12,8 @@
 namespace kvfold::cpu {
 
 // Computes out[t, r] for every token t < num_tokens and weight row r in [row_begin, row_end).
-// x is [num_tokens, k], w is [*, k] in `w_dtype` (rows RowBytes(w_dtype, k) apart), out is
-// [num_tokens, out_stride].
+// x is [num_tokens, k], w is [*, k] in `w_dtype` (F32, F16 or BF16; rows RowBytes(w_dtype, k)
+// apart), out is [num_tokens, out_stride].
 using MatMulRowsFn = void (*)(const float* x, int64_t num_tokens, int64_t k, const void* w,
                               DType w_dtype, const float* bias, int64_t row_begin, int64_t row_end,
                               float* out, int64_t out_stride);
