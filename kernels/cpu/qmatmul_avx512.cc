@@ -48,11 +48,6 @@ struct Q {
     __m128 sc;                  // {d, s} of block b, then of block b + 1
   };
 
-  static uint32_t ScaleBits(const uint8_t* block, bool has_min) {
-    uint32_t v = 0;
-    std::memcpy(&v, block, has_min ? 4 : 2);
-    return v;
-  }
   static __m128i Load128(const uint8_t* p) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   }
@@ -65,9 +60,16 @@ struct Q {
   template <class F, int kCount>
   static W LoadW(const uint8_t* block) {
     const uint8_t* next = block + F::kBytes;
-    const uint32_t s0 = ScaleBits(block, F::kMin), s1 = kCount == 2 ? ScaleBits(next, F::kMin) : 0;
+    // {d, m} (or d and two bytes of q, whose lane is never read) of both blocks, without a trip
+    // through general registers: a 32-bit load and a broadcast load blended.
+    __m128i bits = _mm_loadu_si32(block);
+    if constexpr (kCount == 2) {
+      float next_bits;
+      std::memcpy(&next_bits, next, 4);
+      bits = _mm_blend_epi32(bits, _mm_castps_si128(_mm_set1_ps(next_bits)), 0x2);
+    }
     W w;
-    w.sc = _mm_cvtph_ps(_mm_set_epi32(0, 0, static_cast<int>(s1), static_cast<int>(s0)));
+    w.sc = _mm_cvtph_ps(bits);
     if constexpr (F::kOffset == 128) {
       const __m256i hi = kCount == 2 ? Load256(next + F::kQs) : _mm256_setzero_si256();
       w.q = _mm512_xor_si512(
