@@ -40,7 +40,7 @@ struct Q {
   };
   struct W {
     __m512i q;  // w_q + kOffset, unsigned
-    __m128 sc;  // {d, m} of block b, then of block b + 1 (m = 0 without a min; 0s past the row)
+    __m128 sc;  // {d, m} of block b, then of block b + 1 (m unused without a min; 0s past the row)
   };
   struct X {
     __m512i q;
