@@ -1,7 +1,8 @@
-// CPU kernel speed, one thread. MatMul per weight dtype, batch size and SIMD path: GFLOP/s
+// CPU kernel speed. MatMul per weight dtype, batch size and SIMD path, one thread: GFLOP/s
 // (2·n·k·m per call) and weight GB/s; shapes: a SmolLM2-135M projection (k=576, m=1536) and a
-// 7B-like one (k=4096, m=4096). FoldedAttention: decode rows over a paged cache per attention-plan
-// mode. Run: build/bench/kvfold_kernel_bench. Results: bench/RESULTS.md.
+// 7B-like one (k=4096, m=4096). BM_DecodeProjections: a whole decode step's projections, 1 and 2
+// threads. FoldedAttention: decode rows over a paged cache per attention-plan mode, one thread.
+// Run: build/bench/kvfold_kernel_bench. Results: bench/RESULTS.md.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -132,6 +133,41 @@ BENCHMARK(BM_FoldedAttention)
     ->ArgsProduct({{0, 1, 3}, {4}, {1024}, {0, 1, 2}})
     ->ArgNames({"mode", "seqs", "context", "isa"})
     ->UseRealTime();
+
+// One decode step's projections of a SmolLM2-135M-shaped model (30 layers: q, k, v, o 576 -> 576,
+// 192, 192, 576; gate, up 576 -> 1536; down 1536 -> 576), one token, Q4_1, each layer's weights
+// distinct (66 MB: from memory, as in decode), best ISA. Args: threads. Shows the thread pool's
+// per-loop cost (210 loops per step) against the kernels' time.
+void BM_DecodeProjections(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  std::unique_ptr<Ops> ops = NewCpuOps(threads, cpu::BestIsa());
+  struct Shape {
+    int64_t k, m;
+  };
+  const Shape shapes[] = {{576, 576},  {576, 192},  {576, 192}, {576, 576},
+                          {576, 1536}, {576, 1536}, {1536, 576}};
+  constexpr int kLayers = 30;
+  std::vector<std::vector<uint8_t>> weights;
+  for (int l = 0; l < kLayers; ++l) {
+    for (const Shape& s : shapes) weights.push_back(RandomWeights(DType::kQ4_1, s.m, s.k));
+  }
+  std::vector<float> x(1536, 0.25f), out(1536);
+  for (auto _ : state) {
+    for (int l = 0; l < kLayers; ++l) {
+      for (int p = 0; p < 7; ++p) {
+        const Shape& s = shapes[p];
+        ops->MatMul({x.data(), DType::kF32, 1, s.k},
+                    {weights[l * 7 + p].data(), DType::kQ4_1, s.m, s.k}, nullptr,
+                    {out.data(), DType::kF32, 1, s.m});
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["steps/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_DecodeProjections)->Arg(1)->Arg(2)->ArgName("threads")->UseRealTime();
+
 }  // namespace
 }  // namespace kvfold
 

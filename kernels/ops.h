@@ -11,8 +11,12 @@
 //   of that sequence, never on how many tokens or sequences share the batch or how many threads
 //   run. A sequence's logits are therefore bit-identical whatever else is in the batch.
 //   On the CPU backend every ISA path (generic, AVX2, AVX-512; KVFOLD_ISA) gives the same bits too:
-//   no fused multiply-adds, one 16-lane order. A quantized matmul is bit-identical to the F32
-//   matmul over the dequantized weights (DequantizeRow's values).
+//   no fused multiply-adds, one 16-lane order. A quantized matmul (Q8_0/Q4_0/Q4_1 weights) works
+//   as llama.cpp's does: it first rounds each token's activations to Q8 blocks (per 32 elements
+//   d = amax / 127, q = round-half-even(x / d)), then sums exact integer block dot products
+//   scaled by d_w · d_x (Q4_1 adds m_w · d_x · Σq_x) in one fixed F32 order
+//   (kernels/cpu/qmatmul_kernel.inc). It is therefore not the F32 matmul over the dequantized
+//   weights: each output differs from that by at most Σ_blocks amax / 254 · Σ|w| plus rounding.
 #pragma once
 
 #include <cstddef>

@@ -29,6 +29,7 @@ class CpuOps final : public Ops {
   CpuOps(int num_threads, cpu::Isa isa)
       : pool_(num_threads),
         matmul_rows_(cpu::MatMulRowsFor(isa)),
+        qmatmul_rows_(cpu::QMatMulRowsFor(isa)),
         attend_tasks_(cpu::AttendTasksFor(isa)) {
     VLOG(1) << "CPU backend: " << pool_.num_threads() << " threads, ISA " << cpu::IsaName(isa);
   }
@@ -96,6 +97,15 @@ class CpuOps final : public Ops {
     if (bias != nullptr) {
       CHECK_EQ(bias->numel(), w.rows);
       b = bias->f32();
+    }
+    if (IsQuantized(w.dtype)) {                 // activations quantized once, for every thread
+      thread_local cpu::Q8Activations scratch;  // reused: no allocation per call
+      cpu::Q8Activations& qx = scratch;         // the workers must see this thread's copy
+      cpu::QuantizeActivations(x.f32(), x.rows, x.cols, &qx);
+      Parallel(w.rows, x.rows * x.cols, [&](int64_t begin, int64_t end) {
+        qmatmul_rows_(qx, w.data, w.dtype, b, begin, end, out.f32(), out.cols);
+      });
+      return;
     }
     Parallel(w.rows, x.rows * x.cols, [&](int64_t begin, int64_t end) {
       matmul_rows_(x.f32(), x.rows, x.cols, w.data, w.dtype, b, begin, end, out.f32(), out.cols);
@@ -204,6 +214,7 @@ class CpuOps final : public Ops {
 
   ThreadPool pool_;
   const cpu::MatMulRowsFn matmul_rows_;
+  const cpu::QMatMulRowsFn qmatmul_rows_;
   const cpu::AttendTasksFn attend_tasks_;
 };
 

@@ -12,7 +12,8 @@ namespace kvfold::cpu {
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 std::string_view IsaName(Isa isa);
-// avx2: AVX2 + F16C; avx512: AVX-512 F/BW/VL.
+// avx2: AVX2 + F16C; avx512: AVX-512 F/BW/VL (quantized matmuls also need VNNI; without it they
+// run the AVX2 kernel, which gives the same bits).
 bool IsaSupported(Isa isa);
 Isa BestIsa();
 // Parses a KVFOLD_ISA value; empty means BestIsa(). Unknown names and paths this machine lacks are

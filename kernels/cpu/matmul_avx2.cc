@@ -31,20 +31,6 @@ struct V {
     return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
             _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
   }
-  static V FromI8(const int8_t* p) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
-  }
-  template <bool kHigh>
-  static V FromNibbles(const uint8_t* p, int bias) {
-    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    b = kHigh ? _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15))
-              : _mm_and_si128(b, _mm_set1_epi8(15));
-    const __m256i sub = _mm256_set1_epi32(bias);
-    return {_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(b), sub)),
-            _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)), sub))};
-  }
   static V Add(const V& a, const V& b) {
     return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
   }

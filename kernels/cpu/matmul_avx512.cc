@@ -34,15 +34,6 @@ struct V {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(Load256(p)), 16))};
   }
   static V LoadF16(const uint16_t* p) { return {_mm512_cvtph_ps(Load256(p))}; }
-  static V FromI8(const int8_t* p) {
-    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(Load128(p)))};
-  }
-  template <bool kHigh>
-  static V FromNibbles(const uint8_t* p, int bias) {
-    __m512i q = _mm512_cvtepu8_epi32(Load128(p));
-    q = kHigh ? _mm512_srli_epi32(q, 4) : _mm512_and_si512(q, _mm512_set1_epi32(15));
-    return {_mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(bias)))};
-  }
   static V Add(const V& a, const V& b) { return {_mm512_add_ps(a.v, b.v)}; }
   static V Mul(const V& a, const V& b) { return {_mm512_mul_ps(a.v, b.v)}; }
   static float Reduce(const V& a) {

@@ -34,18 +34,6 @@ struct V {
     for (int j = 0; j < 16; ++j) r.v[j] = F16ToF32(p[j]);
     return r;
   }
-  static V FromI8(const int8_t* p) {
-    V r;
-    for (int j = 0; j < 16; ++j) r.v[j] = static_cast<float>(p[j]);
-    return r;
-  }
-  template <bool kHigh>
-  static V FromNibbles(const uint8_t* p, int bias) {
-    V r;
-    for (int j = 0; j < 16; ++j)
-      r.v[j] = static_cast<float>((kHigh ? p[j] >> 4 : p[j] & 15) - bias);
-    return r;
-  }
   static V Add(const V& a, const V& b) {
     V r;
     for (int j = 0; j < 16; ++j) r.v[j] = a.v[j] + b.v[j];

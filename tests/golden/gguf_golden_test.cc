@@ -4,13 +4,23 @@
 //   llama_golden_test.cc (2e-5 x max|logit| + 5e-5, F32 summation order; measured 3.9e-6). The
 //   Q8_0 file's projections differ from the golden's weights by up to half a quantization step
 //   (~0.4% of each 32-weight block's largest), its embedding is rounded to F16, and the errors add
-//   over 2 layers and the lm_head: measured 0.083 on logits up to 3.55, tolerance 0.2. That check
-//   is about the dequantizer's plumbing; the F32 file is the exact one.
+//   over 2 layers and the lm_head: measured 0.083 on logits up to 3.55 with exact activations.
+//   Quantized matmuls also round their activations to Q8 blocks (ops.h), by the same half step of
+//   amax / 127, so that budget doubles: tolerance 0.4 (measured 0.156). That check is about the
+//   dequantizer's plumbing; the F32 file is the exact one.
 // - The default model, SmolLM2-135M-Instruct Q4_1 from ~/.cache/kvfold (skipped when absent),
 //   against transformers' logits for the same file, which transformers dequantizes to F32 exactly
-//   as kvfold does (scale x q + min, in F32): both sides run the same F32 weights and only the
-//   summation order differs: the same 2e-5 x max|logit| + 5e-5 (7.3e-4 on logits up to 34;
-//   measured 4.5e-5). The 20 greedy tokens must match exactly (smallest margin 0.145).
+//   as kvfold does (scale x q + min, in F32) but multiplies by F32 activations. kvfold, like
+//   llama.cpp, rounds each matmul's activations to Q8 blocks: every element moves by up to half a
+//   step of amax / 127, uniformly, so an input's rounding noise is amax / (127 sqrt 12) ~ 0.23% x
+//   (amax / rms) ~ 0.5% of its rms (amax / rms ~ 2-3 in a 32-block). 30 layers x 4 rounded inputs
+//   (qkv, o, gate/up, down) + lm_head add ~121 such independent errors into the residual stream:
+//   sqrt(121) x 0.5% ~ 5% of the logit scale. Tolerance 0.05 x max|logit| (1.7 on logits up to
+//   34; measured 0.83). The greedy check teacher-forces transformers' 20 tokens and requires each
+//   argmax to match, except where transformers' own choice is a near-tie that the rounding may
+//   flip: our logit for its token must then be within the same tolerance of our top logit. Every
+//   flip is printed. Measured: 1 of 20 flips, step 5: kvfold picks 1797 over transformers' 2988
+//   by 0.33, where transformers' own top-1/top-2 margin was 0.22.
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -72,7 +82,7 @@ TEST(GgufGoldenTest, F32FileMatchesTheCheckpointGolden) {
 }
 
 TEST(GgufGoldenTest, Q8FileIsNearTheCheckpointGolden) {
-  CompareAllPositions("tests/fixtures/gguf/tiny-llama-linear.q8_0.gguf", 0.0f, 0.2f);
+  CompareAllPositions("tests/fixtures/gguf/tiny-llama-linear.q8_0.gguf", 0.0f, 0.4f);
 }
 
 std::string DefaultGguf() {
@@ -94,7 +104,7 @@ TEST(GgufGoldenTest, DefaultModelMatchesTransformers) {
   std::unique_ptr<LlamaModel> model = LoadModel(path, *ops);
   ASSERT_NE(model, nullptr);
   const auto& meta = (*golden)->metadata();
-  const float tolerance = 2e-5f * std::stof(meta.at("max_abs_logit")) + 5e-5f;
+  const float tolerance = 0.05f * std::stof(meta.at("max_abs_logit"));
   float worst = 0;
   for (int s = 0; s < std::stoi(meta.at("num_seqs")); ++s) {
     const std::vector<int32_t> ids = GoldenIds(**golden, "seq" + std::to_string(s) + ".input_ids");
@@ -112,17 +122,27 @@ TEST(GgufGoldenTest, DefaultModelMatchesTransformers) {
 
   const std::vector<int32_t> prompt = GoldenIds(**golden, "greedy.prompt_ids");
   const std::vector<int32_t> want = GoldenIds(**golden, "greedy.output_ids");
+  const std::vector<float> golden_margins = GoldenFloats(**golden, "greedy.margins");
   SequenceRunner runner(*model, *ops, static_cast<int32_t>(prompt.size() + want.size()));
   auto logits = runner.Append(prompt);
   ASSERT_TRUE(logits.ok()) << logits.status();
-  std::vector<int32_t> out;
-  while (out.size() < want.size()) {
-    out.push_back(ArgMax(*logits));
-    if (out.size() == want.size()) break;
-    logits = runner.Append(absl::MakeConstSpan(&out.back(), 1));
+  int flips = 0;
+  for (size_t step = 0; step < want.size(); ++step) {
+    const int32_t got = ArgMax(*logits);
+    if (got != want[step]) {
+      ++flips;
+      const float margin = (*logits)[got] - (*logits)[want[step]];
+      std::cout << "SmolLM2 greedy step " << step << ": kvfold picks " << got << ", transformers "
+                << want[step] << "; kvfold's logit margin " << margin
+                << ", transformers' top-1/top-2 margin " << golden_margins[step] << "\n";
+      EXPECT_LE(margin, tolerance) << "step " << step;
+    }
+    if (step + 1 == want.size()) break;
+    logits = runner.Append(absl::MakeConstSpan(&want[step], 1));  // teacher-forced
     ASSERT_TRUE(logits.ok()) << logits.status();
   }
-  EXPECT_EQ(out, want);
+  std::cout << "SmolLM2 greedy: " << flips << " of " << want.size() << " steps differ\n";
+  EXPECT_LE(flips, 2) << "more than near-ties differ";
 }
 
 }  // namespace
