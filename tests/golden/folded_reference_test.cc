@@ -31,6 +31,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -48,7 +49,7 @@
 namespace kvfold {
 namespace {
 
-constexpr int kLayers = 6, kHidden = 64, kHeads = 8, kKvHeads = 4, kHeadDim = 8, kFfn = 128;
+constexpr int kLayers = 6, kHidden = 64, kHeads = 8, kKvHeads = 4, kFfn = 128;
 constexpr int kVocab = 97, kMaxPositions = 2048;
 constexpr int kGroup = kHeads / kKvHeads;
 constexpr double kTheta = 500.0;  // not the default 10000: a reference ignoring it fails
@@ -61,6 +62,12 @@ constexpr double kRelativeTolerance = 1e-4;
 
 using Weights = std::map<std::string, std::vector<double>>;  // HF names, [out, in] row-major
 
+// Head dims 8 and 16 take different kernel paths (scalar and vector dot products and mixes).
+struct TinyModel {
+  int head_dim = 8;
+  Weights w;
+};
+
 std::string LayerName(int l, const std::string& leaf) {
   return "model.layers." + std::to_string(l) + "." + leaf;
 }
@@ -68,9 +75,10 @@ std::string LayerName(int l, const std::string& leaf) {
 // Random weights scaled so that scores have a spread of a few units (attention far from uniform)
 // and the residual stream stays O(1); norm weights near 1. Written as F32 safetensors with a
 // config.json into `dir`; returns the same values (as double) for the reference.
-Weights WriteTinyModel(const std::string& dir, uint32_t seed) {
+TinyModel WriteTinyModel(const std::string& dir, int head_dim, uint32_t seed = 2026) {
   std::mt19937 rng(seed);
-  Weights w;
+  TinyModel m{head_dim, {}};
+  Weights& w = m.w;
   std::vector<testing::TensorSpec> specs;
   auto add = [&](const std::string& name, int64_t rows, int64_t cols, double stddev, double mean) {
     std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -84,10 +92,10 @@ Weights WriteTinyModel(const std::string& dir, uint32_t seed) {
   add("model.embed_tokens.weight", kVocab, kHidden, 1.0, 0.0);
   for (int l = 0; l < kLayers; ++l) {
     add(LayerName(l, "input_layernorm.weight"), 1, kHidden, 0.1, 1.0);
-    add(LayerName(l, "self_attn.q_proj.weight"), kHeads * kHeadDim, kHidden, 0.2, 0.0);
-    add(LayerName(l, "self_attn.k_proj.weight"), kKvHeads * kHeadDim, kHidden, 0.2, 0.0);
-    add(LayerName(l, "self_attn.v_proj.weight"), kKvHeads * kHeadDim, kHidden, 0.3, 0.0);
-    add(LayerName(l, "self_attn.o_proj.weight"), kHidden, kHeads * kHeadDim, 0.15, 0.0);
+    add(LayerName(l, "self_attn.q_proj.weight"), kHeads * head_dim, kHidden, 0.2, 0.0);
+    add(LayerName(l, "self_attn.k_proj.weight"), kKvHeads * head_dim, kHidden, 0.2, 0.0);
+    add(LayerName(l, "self_attn.v_proj.weight"), kKvHeads * head_dim, kHidden, 0.3, 0.0);
+    add(LayerName(l, "self_attn.o_proj.weight"), kHidden, kHeads * head_dim, 0.15, 0.0);
     add(LayerName(l, "post_attention_layernorm.weight"), 1, kHidden, 0.1, 1.0);
     add(LayerName(l, "mlp.gate_proj.weight"), kFfn, kHidden, 0.125, 0.0);
     add(LayerName(l, "mlp.up_proj.weight"), kFfn, kHidden, 0.125, 0.0);
@@ -104,7 +112,7 @@ Weights WriteTinyModel(const std::string& dir, uint32_t seed) {
                                  {"num_hidden_layers", kLayers},
                                  {"num_attention_heads", kHeads},
                                  {"num_key_value_heads", kKvHeads},
-                                 {"head_dim", kHeadDim},
+                                 {"head_dim", head_dim},
                                  {"vocab_size", kVocab},
                                  {"max_position_embeddings", kMaxPositions},
                                  {"rms_norm_eps", kEps},
@@ -115,7 +123,7 @@ Weights WriteTinyModel(const std::string& dir, uint32_t seed) {
                                  {"eos_token_id", 2},
                                  {"torch_dtype", "float32"}};
   testing::WriteFile(dir + "/config.json", config.dump(2));
-  return w;
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,13 +242,13 @@ Matrix RmsNorm(const Matrix& x, const std::vector<double>& weight) {
 }
 
 // Rotate-half RoPE of every head of x (position = row index).
-void Rope(Matrix& x, int heads) {
-  const int half = kHeadDim / 2;
+void Rope(Matrix& x, int heads, int d) {
+  const int half = d / 2;
   for (size_t t = 0; t < x.size(); ++t) {
     for (int h = 0; h < heads; ++h) {
-      double* v = &x[t][h * kHeadDim];
+      double* v = &x[t][h * d];
       for (int i = 0; i < half; ++i) {
-        const double angle = t * std::pow(kTheta, -2.0 * i / kHeadDim);
+        const double angle = t * std::pow(kTheta, -2.0 * i / d);
         const double a = v[i], b = v[i + half];
         v[i] = a * std::cos(angle) - b * std::sin(angle);
         v[i + half] = b * std::cos(angle) + a * std::sin(angle);
@@ -251,29 +259,31 @@ void Rope(Matrix& x, int heads) {
 
 // out[:, h] = P · v[:, vh] with P = softmax(q[:, qh] · k[:, kh]ᵀ / √d) over positions t <= i
 // (causal), one query row i at a time.
-void Attend(const Matrix& q, int qh, const Matrix& k, int kh, const Matrix& v, int vh, int h,
+void Attend(int d, const Matrix& q, int qh, const Matrix& k, int kh, const Matrix& v, int vh, int h,
             Matrix& out) {
   std::vector<double> p(q.size());
   for (size_t i = 0; i < q.size(); ++i) {
     double max = -1e300;
     for (size_t t = 0; t <= i; ++t) {
       double s = 0;
-      for (int e = 0; e < kHeadDim; ++e) s += q[i][qh * kHeadDim + e] * k[t][kh * kHeadDim + e];
-      p[t] = s / std::sqrt(static_cast<double>(kHeadDim));
+      for (int e = 0; e < d; ++e) s += q[i][qh * d + e] * k[t][kh * d + e];
+      p[t] = s / std::sqrt(static_cast<double>(d));
       max = std::max(max, p[t]);
     }
     double sum = 0;
     for (size_t t = 0; t <= i; ++t) sum += (p[t] = std::exp(p[t] - max));
-    for (int e = 0; e < kHeadDim; ++e) {
+    for (int e = 0; e < d; ++e) {
       double o = 0;
-      for (size_t t = 0; t <= i; ++t) o += p[t] * v[t][vh * kHeadDim + e];
-      out[i][h * kHeadDim + e] = o / sum;
+      for (size_t t = 0; t <= i; ++t) o += p[t] * v[t][vh * d + e];
+      out[i][h * d + e] = o / sum;
     }
   }
 }
 
 // Logits of every position of `ids`: [T][vocab].
-Matrix ReferenceLogits(const Weights& w, const RefPlan& plan, const std::vector<int32_t>& ids) {
+Matrix ReferenceLogits(const TinyModel& m, const RefPlan& plan, const std::vector<int32_t>& ids) {
+  const Weights& w = m.w;
+  const int d = m.head_dim;
   const size_t n = ids.size();
   auto W = [&](int l, const char* leaf) -> const std::vector<double>& {
     return w.at(LayerName(l, leaf));
@@ -292,31 +302,31 @@ Matrix ReferenceLogits(const Weights& w, const RefPlan& plan, const std::vector<
       }
     } else {
       const Matrix h = RmsNorm(x, W(l, "input_layernorm.weight"));
-      Matrix& q = queries[l] = Linear(h, W(l, "self_attn.q_proj.weight"), kHeads * kHeadDim);
-      Rope(q, kHeads);
-      keys[l] = Linear(h, W(l, "self_attn.k_proj.weight"), kKvHeads * kHeadDim);
-      Rope(keys[l], kKvHeads);
-      values[l] = Linear(h, W(l, "self_attn.v_proj.weight"), kKvHeads * kHeadDim);
-      Matrix attn(n, std::vector<double>(kHeads * kHeadDim));
+      Matrix& q = queries[l] = Linear(h, W(l, "self_attn.q_proj.weight"), kHeads * d);
+      Rope(q, kHeads, d);
+      keys[l] = Linear(h, W(l, "self_attn.k_proj.weight"), kKvHeads * d);
+      Rope(keys[l], kKvHeads, d);
+      values[l] = Linear(h, W(l, "self_attn.v_proj.weight"), kKvHeads * d);
+      Matrix attn(n, std::vector<double>(kHeads * d));
       for (int hq = 0; hq < kHeads; ++hq) {
         const int g = hq / kGroup;
         switch (p.mode) {
           case AttentionMode::kFull:
-            Attend(q, hq, keys[l], g, values[l], g, hq, attn);
+            Attend(d, q, hq, keys[l], g, values[l], g, hq, attn);
             break;
           case AttentionMode::kShare: {
             // P_s of source head a: its queries over its keys, applied to this layer's V.
             const int a = p.align.empty() ? hq : p.align[hq];
-            Attend(queries[p.from], a, keys[p.from], a / kGroup, values[l], g, hq, attn);
+            Attend(d, queries[p.from], a, keys[p.from], a / kGroup, values[l], g, hq, attn);
             break;
           }
           case AttentionMode::kCluster: {
             const int r = p.static_map[g];
-            Attend(q, r * kGroup + hq % kGroup, keys[l], r, values[l], g, hq, attn);
+            Attend(d, q, r * kGroup + hq % kGroup, keys[l], r, values[l], g, hq, attn);
             break;
           }
           case AttentionMode::kKvFrom:
-            Attend(q, hq, keys[p.from], g, values[p.from], g, hq, attn);
+            Attend(d, q, hq, keys[p.from], g, values[p.from], g, hq, attn);
             break;
           case AttentionMode::kDrop:
             break;
@@ -445,15 +455,22 @@ std::vector<PlanCase> PlanCases() {
   };
 }
 
-class FoldedReferenceTest : public ::testing::TestWithParam<PlanCase> {
+// A plan and the model's head dim.
+using PlanAndHeadDim = std::tuple<PlanCase, int>;
+
+std::string TestName(const ::testing::TestParamInfo<PlanAndHeadDim>& info) {
+  return std::get<0>(info.param).name + "_HeadDim" + std::to_string(std::get<1>(info.param));
+}
+
+class FoldedReferenceTest : public ::testing::TestWithParam<PlanAndHeadDim> {
  protected:
   void SetUp() override {
     model_dir_ = dir_.File("model");
-    weights_ = WriteTinyModel(model_dir_, 2026);
+    tiny_ = WriteTinyModel(model_dir_, std::get<1>(GetParam()));
     auto unfolded = LoadModel(model_dir_, *ops_);
     ASSERT_TRUE(unfolded.ok()) << unfolded.status();
     unfolded_ = *std::move(unfolded);
-    auto folded = LoadModel(model_dir_, *ops_, WritePlan(dir_.path(), model_dir_, GetParam().plan));
+    auto folded = LoadModel(model_dir_, *ops_, WritePlan(dir_.path(), model_dir_, Case().plan));
     ASSERT_TRUE(folded.ok()) << folded.status();
     model_ = *std::move(folded);
   }
@@ -461,7 +478,9 @@ class FoldedReferenceTest : public ::testing::TestWithParam<PlanCase> {
   std::unique_ptr<Ops> ops_ = NewCpuOps(2);
   testing::ScratchDir dir_;
   std::string model_dir_;
-  Weights weights_;
+  const PlanCase& Case() const { return std::get<0>(GetParam()); }
+
+  TinyModel tiny_;
   std::unique_ptr<LlamaModel> unfolded_, model_;
 };
 
@@ -471,7 +490,7 @@ TEST_P(FoldedReferenceTest, LogitsMatchTheReference) {
   std::vector<int32_t> ids = {1};
   const std::vector<int32_t> tail = RandomTokens(rng, 44);
   ids.insert(ids.end(), tail.begin(), tail.end());
-  const Matrix ref = ReferenceLogits(weights_, GetParam().plan, ids);
+  const Matrix ref = ReferenceLogits(tiny_, Case().plan, ids);
   const double tolerance = kRelativeTolerance * MaxAbs(ref);
   ASSERT_GT(MaxAbs(ref), 1.0);
 
@@ -492,14 +511,14 @@ TEST_P(FoldedReferenceTest, LogitsMatchTheReference) {
 
   // The tolerance is tight enough to see folding: the unfolded model and every perturbed head map
   // are far outside it.
-  if (GetParam().name != "AllFull") {
+  if (Case().name != "AllFull") {
     const std::vector<float> full =
         RunInChunks(*unfolded_, *ops_, ids, {static_cast<int>(ids.size())});
     EXPECT_GT(MaxDiff(full, ref), 100 * tolerance) << "the fold changes nothing measurable";
   }
   const std::vector<float> ours = RunInChunks(*model_, *ops_, ids, {static_cast<int>(ids.size())});
-  for (const RefPlan& other : GetParam().perturbed) {
-    EXPECT_GT(MaxDiff(ours, ReferenceLogits(weights_, other, ids)), 100 * tolerance)
+  for (const RefPlan& other : Case().perturbed) {
+    EXPECT_GT(MaxDiff(ours, ReferenceLogits(tiny_, other, ids)), 100 * tolerance)
         << "a changed head map is not seen";
   }
 }
@@ -512,11 +531,11 @@ TEST_P(FoldedReferenceTest, EveryDecodeStepMatchesTheReference) {
   std::vector<int32_t> ids = {1};
   const std::vector<int32_t> tail = RandomTokens(rng, 29);
   ids.insert(ids.end(), tail.begin(), tail.end());
-  const Matrix ref = ReferenceLogits(weights_, GetParam().plan, ids);
+  const Matrix ref = ReferenceLogits(tiny_, Case().plan, ids);
   const double tolerance = kRelativeTolerance * MaxAbs(ref);
   std::vector<Matrix> others;
-  for (const RefPlan& other : GetParam().perturbed) {
-    others.push_back(ReferenceLogits(weights_, other, ids));
+  for (const RefPlan& other : Case().perturbed) {
+    others.push_back(ReferenceLogits(tiny_, other, ids));
   }
   for (int prompt : {3, 8}) {
     SequenceRunner runner(*model_, *ops_, static_cast<int32_t>(ids.size()), DType::kF32);
@@ -534,8 +553,10 @@ TEST_P(FoldedReferenceTest, EveryDecodeStepMatchesTheReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Plans, FoldedReferenceTest, ::testing::ValuesIn(PlanCases()),
-                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Plans, FoldedReferenceTest,
+                         ::testing::Combine(::testing::ValuesIn(PlanCases()),
+                                            ::testing::Values(8, 16)),
+                         TestName);
 
 // A prefill so long that its attention probabilities (tokens x heads x context floats, 1500 x 8 x
 // 1500) exceed what LlamaModel keeps per step (16M floats): share layers then recompute their
@@ -546,7 +567,7 @@ TEST(FoldedReferenceLongTest, ShareLayersRecomputingProbabilitiesMatchTheReferen
   std::unique_ptr<Ops> ops = NewCpuOps(2);
   testing::ScratchDir dir;
   const std::string model_dir = dir.File("model");
-  const Weights weights = WriteTinyModel(model_dir, 2026);
+  const TinyModel tiny = WriteTinyModel(model_dir, /*head_dim=*/16);
   const RefPlan plan = {Full(), Share(0, kAlign), Drop(), Share(0, Inverse(kAlign)), Drop(),
                         Drop()};
   auto model = LoadModel(model_dir, *ops, WritePlan(dir.path(), model_dir, plan));
@@ -555,7 +576,7 @@ TEST(FoldedReferenceLongTest, ShareLayersRecomputingProbabilitiesMatchTheReferen
   std::vector<int32_t> ids = {1};
   const std::vector<int32_t> tail = RandomTokens(rng, 1501);
   ids.insert(ids.end(), tail.begin(), tail.end());
-  const Matrix ref = ReferenceLogits(weights, plan, ids);
+  const Matrix ref = ReferenceLogits(tiny, plan, ids);
   const double tolerance = kRelativeTolerance * MaxAbs(ref);
 
   SequenceRunner runner(**model, *ops, static_cast<int32_t>(ids.size()), DType::kF32);
@@ -658,7 +679,7 @@ std::vector<int32_t> RunAlone(LlamaModel& model, Ops& ops, const Request& r) {
   return out;
 }
 
-class FoldedEngineTest : public ::testing::TestWithParam<PlanCase> {};
+class FoldedEngineTest : public ::testing::TestWithParam<PlanAndHeadDim> {};
 
 // Many greedy requests with shared prefixes through one engine that chunks, hits the prefix cache
 // and preempts: each request's tokens equal its run alone and the reference's greedy continuation,
@@ -668,8 +689,9 @@ TEST_P(FoldedEngineTest, GreedyRequestsMatchAloneAndTheReference) {
   std::unique_ptr<Ops> ops = NewCpuOps(2);
   testing::ScratchDir dir;
   const std::string model_dir = dir.File("model");
-  const Weights weights = WriteTinyModel(model_dir, 2026);
-  auto model = LoadModel(model_dir, *ops, WritePlan(dir.path(), model_dir, GetParam().plan));
+  const TinyModel tiny = WriteTinyModel(model_dir, std::get<1>(GetParam()));
+  const RefPlan& plan = std::get<0>(GetParam()).plan;
+  auto model = LoadModel(model_dir, *ops, WritePlan(dir.path(), model_dir, plan));
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_TRUE((*model)->plan().folded());
 
@@ -687,7 +709,7 @@ TEST_P(FoldedEngineTest, GreedyRequestsMatchAloneAndTheReference) {
     // The reference, teacher-forced on the engine's tokens: row prompt - 1 + k predicts token k.
     std::vector<int32_t> seq = r.prompt_token_ids;
     seq.insert(seq.end(), tokens.begin(), tokens.end() - 1);
-    const Matrix ref = ReferenceLogits(weights, GetParam().plan, seq);
+    const Matrix ref = ReferenceLogits(tiny, plan, seq);
     const double tolerance = kRelativeTolerance * MaxAbs(ref);
     ASSERT_EQ(run.logprobs[i].size(), tokens.size());
     for (size_t k = 0; k < tokens.size(); ++k) {
@@ -709,9 +731,11 @@ TEST_P(FoldedEngineTest, GreedyRequestsMatchAloneAndTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Plans, FoldedEngineTest,
-                         ::testing::ValuesIn(std::vector<PlanCase>{PlanCases()[1], PlanCases()[2],
-                                                                   PlanCases()[4]}),
-                         [](const auto& info) { return info.param.name; });
+                         ::testing::Values(PlanAndHeadDim{PlanCases()[1], 8},
+                                           PlanAndHeadDim{PlanCases()[1], 16},
+                                           PlanAndHeadDim{PlanCases()[2], 16},
+                                           PlanAndHeadDim{PlanCases()[4], 8}),
+                         TestName);
 
 }  // namespace
 }  // namespace kvfold
