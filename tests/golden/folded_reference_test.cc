@@ -1,6 +1,6 @@
 // Every attention-plan mode against a plain double-precision reference of its formula
 // (../shared/ATTENTION.md), on a tiny random Llama written by the test (6 layers, hidden 64,
-// 8 query heads of 8 dims, 4 KV heads, so g = 2 query heads per KV head; vocab 97, F32,
+// 8 query heads of 8 or 16 dims, 4 KV heads, so g = 2 query heads per KV head; vocab 97, F32,
 // rope_theta 500). Per query head h, with P(q, k) = softmax(q kᵀ/√d) causal (t <= i):
 //   full      O[h] = P(Q[h], K[h/g]) V[h/g]
 //   share s   O[h] = P_s[align[h]] V[h/g], P_s[a] = P(Q_s[a], K_s[a/g]) of the source layer s
