@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# kvfold beside llama.cpp on the same GGUF and thread counts, in one run, plus the roofline.
+#
+#   bench/llama_cpp_compare.sh [BUILD_DIR]
+#     env: THREADS="1 2"  PROMPT=256  GEN=128  REPS=3
+#          GGUF=~/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf  STORIES=models/stories260K
+#          CACHE=~/.cache/kvfold-bench (llama.cpp's source and build live there, never in the repo)
+#          STEPS=build-only|run (default: both)
+#
+# llama.cpp is built from the copy that PyPI's llama-cpp-python source distribution vendors
+# (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench and llama-cli.
+# stories260K (a Hugging Face folder) is converted with the vendored convert_hf_to_gguf.py (F32)
+# into a temporary folder; kvfold runs it from its own HF folder.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "$repo" && realpath "${1:-build}")
+threads=${THREADS:-"1 2"}
+prompt=${PROMPT:-256}
+gen=${GEN:-128}
+reps=${REPS:-3}
+gguf=${GGUF:-$HOME/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf}
+stories=$(cd "$repo" && realpath "${STORIES:-models/stories260K}")
+cache=${CACHE:-$HOME/.cache/kvfold-bench}
+steps=${STEPS:-all}
+
+# --- (a) llama.cpp from llama-cpp-python's sdist -------------------------------------------
+mkdir -p "$cache"
+sdist=$(ls "$cache"/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -1 || true)
+if [[ -z "$sdist" ]]; then
+  pip download --no-deps --no-binary :all: llama-cpp-python -d "$cache" >&2
+  sdist=$(ls "$cache"/llama_cpp_python-*.tar.gz | sort -V | tail -1)
+fi
+src_root="$cache/$(basename "$sdist" .tar.gz)"
+[[ -d "$src_root" ]] || tar -C "$cache" -xzf "$sdist"
+llama_src="$src_root/vendor/llama.cpp"
+llama_build="$src_root/build-cpu"
+if [[ ! -x "$llama_build/bin/llama-bench" ]]; then
+  cmake -S "$llama_src" -B "$llama_build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
+  nice cmake --build "$llama_build" -j2 --target llama-bench llama-cli >&2
+fi
+[[ "$steps" == build-only ]] && { echo "built $llama_build/bin/llama-bench"; exit 0; }
+llama_bench="$llama_build/bin/llama-bench"
+llama_commit=$(grep -o '"[0-9a-f]\{7,\}"' "$llama_src/../../llama_cpp/__init__.py" 2>/dev/null || true)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# stories260K as an F32 GGUF for llama.cpp (pip `gguf`; the vendored gguf-py first on the path).
+stories_gguf=""
+if PYTHONPATH="$llama_src/gguf-py" python3 "$llama_src/convert_hf_to_gguf.py" "$stories" \
+     --outtype f32 --outfile "$tmp/stories260K.f32.gguf" >"$tmp/convert.log" 2>&1; then
+  stories_gguf="$tmp/stories260K.f32.gguf"
+else
+  echo "note: convert_hf_to_gguf.py could not convert $stories (tail of its log below);" \
+       "llama.cpp is left out for stories260K" >&2
+  tail -5 "$tmp/convert.log" >&2
+fi
+
+echo "# $(date -u +%F' '%H:%M' UTC')  $(uname -n)  nproc=$(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# llama.cpp: $(basename "$src_root") vendor/llama.cpp; kvfold: $(git -C "$repo" rev-parse --short HEAD)"
+echo "# prompt=$prompt gen=$gen reps=$reps (kvfold: medians; llama.cpp: llama-bench avg)"
+
+# --- (b) measurements ----------------------------------------------------------------------
+# llama-bench: pp = prompt tokens/s, tg = decode tokens/s at batch 1. Its JSON gives avg_ts.
+llama_row() {  # model threads -> "pp tg"
+  "$llama_bench" -m "$1" -t "$2" -p "$prompt" -n "$gen" -r "$reps" -o json 2>"$tmp/lb.err" |
+    python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+pp = next((r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0), float("nan"))
+tg = next((r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0), float("nan"))
+print(f"{pp:.1f} {tg:.1f}")' || echo "nan nan"
+}
+# kvfold_model_bench: BM_Prefill, BM_Decode (batch 1), BM_DecodeBatch (batch 16) at `threads`.
+kvfold_row() {  # model threads -> "pp tg1 tg16 bytes_per_step"
+  "$build/bench/kvfold_model_bench" --model_dir="$1" --prompt_tokens="$prompt" \
+    --decode_steps="$gen" --benchmark_filter="threads:$2\$" \
+    --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
+    --benchmark_format=json 2>"$tmp/kb.err" | python3 -c '
+import json, sys
+rows = [b for b in json.load(sys.stdin)["benchmarks"] if b.get("aggregate_name") == "median"]
+def get(prefix, key="items_per_second"):
+  for b in rows:
+    if b["run_name"].startswith(prefix): return b.get(key, float("nan"))
+  return float("nan")
+print(f"{get(\"BM_Prefill\"):.1f} {get(\"BM_Decode/\"):.1f} {get(\"BM_DecodeBatch\"):.1f} "
+      f"{get(\"BM_Decode/\", \"bytes_per_step\"):.0f}")' || echo "nan nan nan nan"
+}
+bandwidth() {  # threads -> read GB/s (sustained, 256 MiB buffer)
+  "$build/bench/kvfold_membw_bench" --benchmark_filter="BM_Read/.*threads:$1\$" \
+    --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
+    --benchmark_format=json 2>/dev/null | python3 -c '
+import json, sys
+rows = [b for b in json.load(sys.stdin)["benchmarks"] if b.get("aggregate_name") == "median"]
+print(f"{rows[0][\"bytes_per_second\"] / 1e9:.1f}" if rows else "nan")' || echo nan
+}
+
+# --- (c) one table -------------------------------------------------------------------------
+printf '| model | threads | read GB/s | MB/step (ctx %s) | roofline tok/s | kvfold tg b1 | llama.cpp tg b1 | kvfold tg b16 | kvfold pp%s | llama.cpp pp%s |\n' \
+  "$gen" "$prompt" "$prompt"
+echo '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
+for model in "$gguf" "$stories"; do
+  name=$(basename "$model")
+  llama_model="$model"
+  [[ "$model" == "$stories" ]] && llama_model="$stories_gguf"
+  for t in $threads; do
+    bw=$(bandwidth "$t")
+    read -r kpp ktg ktg16 bytes <<<"$(kvfold_row "$model" "$t")"
+    if [[ -n "$llama_model" ]]; then
+      read -r lpp ltg <<<"$(llama_row "$llama_model" "$t")"
+    else
+      lpp=n/a ltg=n/a
+    fi
+    read -r mb roof <<<"$(python3 -c "b=float('$bytes'); g=float('$bw'); print(f'{b/1e6:.2f} {g*1e9/b:.0f}')")"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+      "$name" "$t" "$bw" "$mb" "$roof" "$ktg" "$ltg" "$ktg16" "$kpp" "$lpp"
+  done
+done
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
