@@ -53,8 +53,8 @@ int main(int argc, char** argv) {
       }
       tokens += ids->size();
     }
-    best = std::min(
-        best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                              .count());
   }
   std::printf("{\"seconds\": %.4f, \"mb_per_s\": %.2f, \"bytes\": %zu, \"tokens\": %zu}\n", best,
               bytes / best / 1e6, bytes, tokens);
