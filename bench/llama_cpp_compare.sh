@@ -10,7 +10,7 @@
 # llama.cpp is built from the copy that PyPI's llama-cpp-python source distribution vendors
 # (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench and llama-cli.
 # stories260K (a Hugging Face folder) is converted with the vendored convert_hf_to_gguf.py (F32)
-# into a temporary folder; kvfold runs it from its own HF folder.
+# into a temporary folder (needs pip's gguf and sentencepiece); kvfold runs its own HF folder.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "$repo" && realpath "${1:-build}")
@@ -42,14 +42,15 @@ if [[ ! -x "$llama_build/bin/llama-bench" ]]; then
 fi
 [[ "$steps" == build-only ]] && { echo "built $llama_build/bin/llama-bench"; exit 0; }
 llama_bench="$llama_build/bin/llama-bench"
-llama_commit=$(grep -o '"[0-9a-f]\{7,\}"' "$llama_src/../../llama_cpp/__init__.py" 2>/dev/null || true)
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# stories260K as an F32 GGUF for llama.cpp (pip `gguf`; the vendored gguf-py first on the path).
+# stories260K as an F32 GGUF for llama.cpp, by the vendored converter with pip's `gguf` package
+# (its Llama vocabulary path imports `sentencepiece` even for a tokenizer.json-only folder:
+# `pip install sentencepiece`).
 stories_gguf=""
-if PYTHONPATH="$llama_src/gguf-py" python3 "$llama_src/convert_hf_to_gguf.py" "$stories" \
+if python3 "$llama_src/convert_hf_to_gguf.py" "$stories" \
      --outtype f32 --outfile "$tmp/stories260K.f32.gguf" >"$tmp/convert.log" 2>&1; then
   stories_gguf="$tmp/stories260K.f32.gguf"
 else
@@ -76,12 +77,12 @@ print(f"{pp:.1f} {tg:.1f}")' || echo "nan nan"
 # kvfold_model_bench: BM_Prefill, BM_Decode (batch 1), BM_DecodeBatch (batch 16) at `threads`.
 kvfold_row() {  # model threads -> "pp tg1 tg16 bytes_per_step"
   "$build/bench/kvfold_model_bench" --model_dir="$1" --prompt_tokens="$prompt" \
-    --decode_steps="$gen" --benchmark_filter="threads:$2\$" \
+    --decode_steps="$gen" --benchmark_filter="threads:$2/" \
     --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
     --benchmark_format=json 2>"$tmp/kb.err" | python3 -c '
 import json, sys
 rows = [b for b in json.load(sys.stdin)["benchmarks"] if b.get("aggregate_name") == "median"]
-def get(prefix, key="items_per_second"):
+def get(prefix, key="tokens/s"):
   for b in rows:
     if b["run_name"].startswith(prefix): return b.get(key, float("nan"))
   return float("nan")
