@@ -5,10 +5,11 @@
 #     env: THREADS="1 2"  PROMPT=256  GEN=128  REPS=3
 #          GGUF=~/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf  STORIES=models/stories260K
 #          CACHE=~/.cache/kvfold-bench (llama.cpp's source and build live there, never in the repo)
-#          STEPS=build-only|run (default: both)
+#          STEPS=build-only (default: build if needed, then run)
 #
 # llama.cpp is built from the copy that PyPI's llama-cpp-python source distribution vendors
-# (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench and llama-cli.
+# (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench (and llama-cli when
+# LLAMA_TARGETS asks), 2 jobs.
 # stories260K (a Hugging Face folder) is converted with the vendored convert_hf_to_gguf.py (F32)
 # into a temporary folder (needs pip's gguf and sentencepiece); kvfold runs its own HF folder.
 set -euo pipefail
@@ -38,7 +39,8 @@ if [[ ! -x "$llama_build/bin/llama-bench" ]]; then
   cmake -S "$llama_src" -B "$llama_build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-  nice cmake --build "$llama_build" -j2 --target llama-bench llama-cli >&2
+  # llama-cli (LLAMA_TARGETS="llama-bench llama-cli") also builds llama.cpp's server library.
+  nice cmake --build "$llama_build" -j2 --target ${LLAMA_TARGETS:-llama-bench} >&2
 fi
 [[ "$steps" == build-only ]] && { echo "built $llama_build/bin/llama-bench"; exit 0; }
 llama_bench="$llama_build/bin/llama-bench"
