@@ -83,26 +83,28 @@ kvfold_row() {  # model threads -> "pp tg1 tg16 bytes_per_step"
     --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
     --benchmark_format=json 2>"$tmp/kb.err" | python3 -c '
 import json, sys
-rows = [b for b in json.load(sys.stdin)["benchmarks"] if b.get("aggregate_name") == "median"]
+rows = json.load(sys.stdin)["benchmarks"]
+rows = [b for b in rows if b.get("aggregate_name") == "median"] or rows  # REPS=1: no aggregates
 def get(prefix, key="tokens/s"):
   for b in rows:
     if b["run_name"].startswith(prefix): return b.get(key, float("nan"))
   return float("nan")
-print(f"{get(\"BM_Prefill\"):.1f} {get(\"BM_Decode/\"):.1f} {get(\"BM_DecodeBatch\"):.1f} "
-      f"{get(\"BM_Decode/\", \"bytes_per_step\"):.0f}")' || echo "nan nan nan nan"
+print("%.1f %.1f %.1f %.0f" % (get("BM_Prefill"), get("BM_Decode/"), get("BM_DecodeBatch"),
+                              get("BM_Decode/", "bytes_per_step")))' || echo "nan nan nan nan"
 }
 bandwidth() {  # threads -> read GB/s (sustained, 256 MiB buffer)
   "$build/bench/kvfold_membw_bench" --benchmark_filter="BM_Read/.*threads:$1\$" \
     --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true \
     --benchmark_format=json 2>/dev/null | python3 -c '
 import json, sys
-rows = [b for b in json.load(sys.stdin)["benchmarks"] if b.get("aggregate_name") == "median"]
-print(f"{rows[0][\"bytes_per_second\"] / 1e9:.1f}" if rows else "nan")' || echo nan
+rows = json.load(sys.stdin)["benchmarks"]
+rows = [b for b in rows if b.get("aggregate_name") == "median"] or rows  # REPS=1: no aggregates
+print("%.1f" % (rows[0]["bytes_per_second"] / 1e9) if rows else "nan")' || echo nan
 }
 
 # --- (c) one table -------------------------------------------------------------------------
-printf '| model | threads | read GB/s | MB/step (ctx %s) | roofline tok/s | kvfold tg b1 | llama.cpp tg b1 | kvfold tg b16 | kvfold pp%s | llama.cpp pp%s |\n' \
-  "$gen" "$prompt" "$prompt"
+printf '| model | threads | read GB/s | MB/step (mean ctx %s) | roofline tok/s | kvfold tg b1 | llama.cpp tg b1 | kvfold tg b16 | kvfold pp%s | llama.cpp pp%s |\n' \
+  "$(((gen + 1) / 2))" "$prompt" "$prompt"
 echo '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
 for model in "$gguf" "$stories"; do
   name=$(basename "$model")
