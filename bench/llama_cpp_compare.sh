@@ -6,6 +6,8 @@
 #          GGUF=~/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf  STORIES=models/stories260K
 #          CACHE=~/.cache/kvfold-bench (llama.cpp's source and build live there, never in the repo)
 #          STEPS=build-only (default: build if needed, then run)
+#          LLAMA2C=/tmp/llama2c (run.c built as `runfast`, stories260K.bin, tok512.bin: see
+#          bench/llama2c_compare.md; its batch-1 tokens/s joins the stories260K rows when present)
 #
 # llama.cpp is built from the copy that PyPI's llama-cpp-python source distribution vendors
 # (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench (and llama-cli when
@@ -63,17 +65,19 @@ fi
 
 echo "# $(date -u +%F' '%H:%M' UTC')  $(uname -n)  nproc=$(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# llama.cpp: $(basename "$src_root") vendor/llama.cpp; kvfold: $(git -C "$repo" rev-parse --short HEAD)"
-echo "# prompt=$prompt gen=$gen reps=$reps (kvfold: medians; llama.cpp: llama-bench avg)"
+echo "# prompt=$prompt gen=$gen reps=$reps (medians of reps)"
 
 # --- (b) measurements ----------------------------------------------------------------------
-# llama-bench: pp = prompt tokens/s, tg = decode tokens/s at batch 1. Its JSON gives avg_ts.
+# llama-bench: pp = prompt tokens/s, tg = decode tokens/s at batch 1; the median of its samples
+# (its avg_ts is dragged down by single slow runs on a shared machine).
 llama_row() {  # model threads -> "pp tg"
   "$llama_bench" -m "$1" -t "$2" -p "$prompt" -n "$gen" -r "$reps" -o json 2>"$tmp/lb.err" |
     python3 -c '
 import json, sys
 rows = json.load(sys.stdin)
-pp = next((r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0), float("nan"))
-tg = next((r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0), float("nan"))
+median = lambda r: sorted(r["samples_ts"])[(len(r["samples_ts"]) - 1) // 2]
+pp = next((median(r) for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0), float("nan"))
+tg = next((median(r) for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0), float("nan"))
 print(f"{pp:.1f} {tg:.1f}")' || echo "nan nan"
 }
 # kvfold_model_bench: BM_Prefill, BM_Decode (batch 1), BM_DecodeBatch (batch 16) at `threads`.
@@ -102,10 +106,21 @@ rows = [b for b in rows if b.get("aggregate_name") == "median"] or rows  # REPS=
 print("%.1f" % (rows[0]["bytes_per_second"] / 1e9) if rows else "nan")' || echo nan
 }
 
+# llama2.c's runfast on stories260K: median `achieved tok/s` of REPS runs of `-n (GEN + 1)` steps
+# from BOS (GEN timed tokens, as kvfold's decode); single-threaded, so the same in every row.
+llama2c() {
+  local dir=${LLAMA2C:-/tmp/llama2c}
+  [[ -x "$dir/runfast" && -f "$dir/stories260K.bin" && -f "$dir/tok512.bin" ]] || { echo n/a; return; }
+  for ((r = 0; r < reps; ++r)); do
+    "$dir/runfast" "$dir/stories260K.bin" -z "$dir/tok512.bin" -t 0 -n $((gen + 1)) 2>&1 >/dev/null |
+      sed -nE 's/achieved tok\/s: ([0-9.]+)/\1/p'
+  done | sort -g | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "n/a"}'
+}
+
 # --- (c) one table -------------------------------------------------------------------------
-printf '| model | threads | read GB/s | MB/step (mean ctx %s) | roofline tok/s | kvfold tg b1 | llama.cpp tg b1 | kvfold tg b16 | kvfold pp%s | llama.cpp pp%s |\n' \
+printf '| model | threads | read GB/s | MB/step (mean ctx %s) | roofline tok/s | kvfold tg b1 | llama.cpp tg b1 | kvfold tg b16 | kvfold pp%s | llama.cpp pp%s | llama2.c tg b1 |\n' \
   "$(((gen + 1) / 2))" "$prompt" "$prompt"
-echo '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
+echo '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
 for model in "$gguf" "$stories"; do
   name=$(basename "$model")
   llama_model="$model"
@@ -118,9 +133,11 @@ for model in "$gguf" "$stories"; do
     else
       lpp=n/a ltg=n/a
     fi
+    l2c=-
+    [[ "$model" == "$stories" ]] && l2c=$(llama2c)
     read -r mb roof <<<"$(python3 -c "b=float('$bytes'); g=float('$bw'); print(f'{b/1e6:.2f} {g*1e9/b:.0f}')")"
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-      "$name" "$t" "$bw" "$mb" "$roof" "$ktg" "$ltg" "$ktg16" "$kpp" "$lpp"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+      "$name" "$t" "$bw" "$mb" "$roof" "$ktg" "$ltg" "$ktg16" "$kpp" "$lpp" "$l2c"
   done
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
