@@ -114,7 +114,7 @@ llama2c() {
   for ((r = 0; r < reps; ++r)); do
     "$dir/runfast" "$dir/stories260K.bin" -z "$dir/tok512.bin" -t 0 -n $((gen + 1)) 2>&1 >/dev/null |
       sed -nE 's/achieved tok\/s: ([0-9.]+)/\1/p'
-  done | sort -g | awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "n/a"}'
+  done | sort -g | awk '{v[NR] = $1} END {if (NR) printf "%.0f\n", v[int((NR + 1) / 2)]; else print "n/a"}'
 }
 
 # --- (c) one table -------------------------------------------------------------------------
