@@ -1,5 +1,5 @@
-// The real `kvfold` binary under a bad KVFOLD_ISA: a clear error and a non-zero exit code, not a
-// CHECK failure (abort, stack trace).
+// The real `kvfold` binary (generate, eval) under a bad KVFOLD_ISA: a clear error and a non-zero
+// exit code, not a CHECK failure (abort, stack trace).
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,6 +50,19 @@ TEST(CpuIsaCliTest, BogusIsaIsACleanError) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("KVFOLD_ISA=bogus"));
   EXPECT_THAT(r.err, HasSubstr("expected generic, avx2 or avx512"));
+  EXPECT_THAT(r.err, Not(HasSubstr("Check failed")));
+}
+
+TEST(CpuIsaCliTest, BogusIsaIsACleanErrorForEval) {
+  const std::string model = testing::SourcePath("models/stories260K");
+  const std::string data =
+      ::testing::TempDir() + "/kvfold_isa_eval_" + std::to_string(getpid()) + ".txt";
+  std::ofstream(data) << "Once upon a time, there was a little girl named Lily.\n";
+  Result r = RunKvfold("KVFOLD_ISA=bogus", "eval --model '" + model + "' --data '" + data + "'");
+  std::remove(data.c_str());
+  ASSERT_TRUE(r.exited) << "killed by a signal; stderr:\n" << r.err;
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("KVFOLD_ISA=bogus: expected generic, avx2 or avx512"));
   EXPECT_THAT(r.err, Not(HasSubstr("Check failed")));
 }
 
