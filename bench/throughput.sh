@@ -2,9 +2,17 @@
 # Offline engine throughput: the same prompts file through `kvfold generate --prompts-file` at
 # several --max-num-seqs, reporting output tokens/s and the KV pool's capacity.
 #
-#   bench/throughput.sh [BUILD_DIR]        (env: REQUESTS=128 MAX_TOKENS=128 THREADS=1
-#                                           SEQS="1 8 32 64" KV_MEMORY=512MiB MODEL=...)
+#   bench/throughput.sh [--model DIR|FILE.gguf] [BUILD_DIR]
+#     (env: REQUESTS=128 MAX_TOKENS=128 THREADS=1 SEQS="1 8 32 64" KV_MEMORY=512MiB MODEL=...)
 set -euo pipefail
+model=${MODEL:-}
+if [[ "${1:-}" == --model ]]; then
+  model=$(realpath "$2")
+  shift 2
+elif [[ "${1:-}" == --model=* ]]; then
+  model=$(realpath "${1#--model=}")
+  shift
+fi
 cd "$(dirname "$0")/.."
 build=${1:-build}
 requests=${REQUESTS:-128}
@@ -13,7 +21,7 @@ threads=${THREADS:-1}
 seqs=${SEQS:-"1 8 32 64"}
 kv_memory=${KV_MEMORY:-512MiB}
 # stories260K unless MODEL names another (the CLI's default is SmolLM2 when it is installed).
-model_args=(--model "${MODEL:-models/stories260K}")
+model_args=(--model "${model:-models/stories260K}")
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,7 +34,7 @@ for ((i = 0; i < requests; ++i)); do
     "${starts[i % ${#starts[@]}]}" "$max_tokens" "$i"
 done >"$tmp/prompts.jsonl"
 
-echo "requests=$requests max_tokens=$max_tokens threads=$threads kv_memory=$kv_memory"
+echo "model=${model_args[1]} requests=$requests max_tokens=$max_tokens threads=$threads kv_memory=$kv_memory"
 printf '%-13s %-14s %-16s %-12s %s\n' max_num_seqs "output tok/s" "requests/s" "mean TTFT" steps
 for s in $seqs; do
   "$build/kvfold" generate "${model_args[@]}" --prompts-file "$tmp/prompts.jsonl" \

@@ -229,9 +229,8 @@ absl::Status GgufCheckpoint::LoadTensors() {
   const GgufHeader& header = file_->header();
   for (const GgufTensorInfo& info : header.tensors) {
     if (info.name == "rope_freqs.weight") {
-      return absl::UnimplementedError(absl::StrFormat(
-          "%s: tensor rope_freqs.weight (per-frequency RoPE scaling) is not supported",
-          file_->path()));
+      KVFOLD_RETURN_IF_ERROR(LoadRopeFreqFactors(info));
+      continue;
     }
     std::optional<std::string> hf = HfTensorName(info.name);
     if (!hf.has_value()) {
@@ -252,6 +251,24 @@ absl::Status GgufCheckpoint::LoadTensors() {
   if (!valid.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(file_->path(), ": ", valid.message()));
   }
+  return absl::OkStatus();
+}
+
+// llama.cpp's converter writes Llama 3 RoPE scaling as head_dim / 2 F32 factors (not metadata);
+// llama.cpp divides each frequency by its factor, which gives Hugging Face's llama3 table.
+absl::Status GgufCheckpoint::LoadRopeFreqFactors(const GgufTensorInfo& info) {
+  const std::string what = absl::StrFormat("%s: tensor %s", file_->path(), info.name);
+  KVFOLD_ASSIGN_OR_RETURN(const RawTensor raw, Locate(info, file_->tensor_data(), what));
+  const int expected = config_.head_dim / 2;
+  if (static_cast<GgmlType>(info.ggml_type) != GgmlType::kF32 || raw.rows != 1 ||
+      raw.cols != static_cast<uint64_t>(expected)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: expected %d F32 values (head_dim / 2), got %s [%s]", what, expected,
+                        raw.type.name, absl::StrJoin(info.dims, ", ")));
+  }
+  std::vector<float>& factors = config_.rope_scaling.freq_factors;
+  factors.resize(expected);
+  std::memcpy(factors.data(), raw.src, expected * sizeof(float));
   return absl::OkStatus();
 }
 

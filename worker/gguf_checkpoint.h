@@ -1,6 +1,8 @@
 // A GGUF file (llama.cpp's format, architecture "llama") as a WeightSource: the ModelConfig comes
 // from its metadata, tensors are renamed to Hugging Face's Llama layout, and Q/K rows are put back
-// from llama.cpp's interleaved-RoPE order into Hugging Face's rotate-half order.
+// from llama.cpp's interleaved-RoPE order into Hugging Face's rotate-half order. A
+// rope_freqs.weight tensor (llama.cpp's Llama 3 RoPE scaling) becomes
+// ModelConfig::rope_scaling.freq_factors.
 //
 // Tensor types: F32/F16/BF16 are served as they are (views into the mapping, except permuted Q/K,
 // which are copied); Q8_0/Q4_0/Q4_1 are dequantized to F32 at load, exactly (each value is
@@ -54,6 +56,7 @@ class GgufCheckpoint final : public WeightSource {
   GgufCheckpoint() = default;
   absl::Status LoadConfig();
   absl::Status LoadTensors();
+  absl::Status LoadRopeFreqFactors(const GgufTensorInfo& info);
   absl::StatusOr<TensorView> Materialize(const GgufTensorInfo& info, std::string_view hf_name);
 
   std::unique_ptr<GgufFile> file_;

@@ -1,6 +1,7 @@
 #include "worker/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -390,6 +391,19 @@ absl::Status ModelConfig::Validate() const {
       return absl::InvalidArgumentError(
           absl::StrCat("rope_scaling.high_freq_factor (", rope_scaling.high_freq_factor,
                        ") must exceed low_freq_factor (", rope_scaling.low_freq_factor, ")"));
+    }
+  }
+  if (!rope_scaling.freq_factors.empty()) {
+    if (static_cast<int>(rope_scaling.freq_factors.size()) != head_dim / 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("RoPE frequency factors: ", rope_scaling.freq_factors.size(),
+                       " values, expected head_dim / 2 = ", head_dim / 2));
+    }
+    for (float f : rope_scaling.freq_factors) {
+      if (!(f > 0) || !std::isfinite(f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("RoPE frequency factors must be positive and finite, got ", f));
+      }
     }
   }
   if (sliding_window.has_value()) {

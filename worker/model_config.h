@@ -19,6 +19,9 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int original_max_position_embeddings = 8192;
+  // Per-frequency divisors, llama.cpp's form of Llama 3 scaling (a GGUF's rope_freqs.weight):
+  // inverse frequency i is divided by freq_factors[i], after `type`'s scaling. Empty: none.
+  std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

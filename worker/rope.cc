@@ -38,6 +38,7 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& config) {
         f = Llama3Scale(f, config.rope_scaling);
         break;
     }
+    if (!config.rope_scaling.freq_factors.empty()) f /= config.rope_scaling.freq_factors[i];
     inv[i] = f;
   }
   return inv;

@@ -7,6 +7,11 @@
    kvfold must reproduce tests/fixtures/golden/tiny-llama-linear.safetensors to float32 rounding.
    q8_0: the 2-D projections Q8_0, the embedding F16, norms F32 (checked against the same golden
    with a looser, stated tolerance).
+   tests/fixtures/gguf/tiny-llama3.f32.gguf: tests/fixtures/models/tiny-llama3 (GQA, tied
+   embeddings, llama3 RoPE scaling) the same way, its scaling written as llama.cpp's converter
+   writes it: no scaling metadata, a rope_freqs.weight tensor of head_dim/2 F32 factors
+   (conversion/llama.py generate_extra_tensors, ported below). Checked against
+   tests/fixtures/golden/tiny-llama3.safetensors (transformers' llama3 RoPE).
 2. tests/fixtures/golden/smollm2-q4_1.safetensors: Hugging Face transformers' logits for the
    default model, ~/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf, which transformers dequantizes
    to float32 (`from_pretrained(dir, gguf_file=..., dtype=float32)`, eager attention): the full
@@ -57,14 +62,43 @@ def permute(w, n_head):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def write_tiny(quantized):
-    folder = os.path.join(ROOT, "tests", "fixtures", "models", "tiny-llama-linear")
+def llama3_rope_factors(rope, theta, dim):
+    """llama.cpp's convert_hf_to_gguf (conversion/llama.py, LlamaModel.generate_extra_tensors):
+    the per-frequency divisors that llama.cpp applies for Llama 3 RoPE scaling."""
+    import math
+    import torch
+
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+def write_tiny(name="tiny-llama-linear", quantized=False):
+    folder = os.path.join(ROOT, "tests", "fixtures", "models", name)
     config = json.load(open(os.path.join(folder, "config.json")))
-    tensors = load_file(os.path.join(folder, "model.safetensors"))
+    tensors = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(folder, f)))
     suffix = "q8_0" if quantized else "f32"
-    path = os.path.join(ROOT, "tests", "fixtures", "gguf", f"tiny-llama-linear.{suffix}.gguf")
+    path = os.path.join(ROOT, "tests", "fixtures", "gguf", f"{name}.{suffix}.gguf")
     w = gguf.GGUFWriter(path, arch="llama")
-    w.add_name("tiny-llama-linear")
+    w.add_name(name)
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(config["max_position_embeddings"])
     w.add_embedding_length(config["hidden_size"])
@@ -74,10 +108,14 @@ def write_tiny(quantized):
     w.add_key_length(config["head_dim"])
     w.add_value_length(config["head_dim"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    rope = config["rope_parameters"]
-    w.add_rope_freq_base(rope["rope_theta"])
-    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-    w.add_rope_scaling_factor(rope["factor"])
+    rope = config.get("rope_parameters") or config["rope_scaling"]
+    theta = config.get("rope_theta", rope.get("rope_theta"))
+    w.add_rope_freq_base(theta)
+    if rope["rope_type"] == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif rope["rope_type"] == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, theta, config["head_dim"]))
     w.add_bos_token_id(config["bos_token_id"])
     w.add_eos_token_id(config["eos_token_id"])
     w.add_chat_template("{{ messages }}")
@@ -200,6 +238,7 @@ def write_smollm2_golden():
 if __name__ == "__main__":
     write_tiny(quantized=False)
     write_tiny(quantized=True)
+    write_tiny("tiny-llama3")
     write_fuzz_corpus()
     if "--no-smollm2" in sys.argv:
         sys.exit(0)

@@ -102,7 +102,9 @@ absl::Status Eval(const std::string& model_path, const std::string& data_path, i
   absl::StatusOr<std::string> text = ReadDataText(data_path);
   if (!text.ok()) return text.status();
 
-  std::unique_ptr<Ops> ops = NewCpuOps(absl::GetFlag(FLAGS_threads));
+  absl::StatusOr<std::unique_ptr<Ops>> created = CreateCpuOps(absl::GetFlag(FLAGS_threads));
+  if (!created.ok()) return created.status();  // a bad KVFOLD_ISA: an error, not a CHECK failure
+  std::unique_ptr<Ops> ops = *std::move(created);
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LoadEvalModel(model_path, *ops);
   if (!model.ok()) return model.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(model_path);

@@ -52,7 +52,9 @@ struct Loaded {
 
 absl::StatusOr<Loaded> Load(const std::string& path, int threads) {
   Loaded l;
-  l.ops = NewCpuOps(threads);
+  absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(threads);  // a bad KVFOLD_ISA: error
+  if (!ops.ok()) return ops.status();
+  l.ops = *std::move(ops);
   absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
   if (!weights.ok()) return weights.status();
   absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);

@@ -1,8 +1,9 @@
 // GGUF models against Hugging Face transformers (see tests/fixtures/golden/README.md):
 // - tiny-llama-linear written as GGUF (scripts/dev/make_gguf_goldens.py) against the safetensors
-//   checkpoint's golden: the F32 file holds the same numbers, so the same tolerance as
-//   llama_golden_test.cc (2e-5 x max|logit| + 5e-5, F32 summation order; measured 3.9e-6). The
-//   Q8_0 file's projections differ from the golden's weights by up to half a quantization step
+//   checkpoint's golden (and tiny-llama3, whose llama3 RoPE is a rope_freqs.weight tensor): the F32
+//   file holds the same numbers, so the same tolerance as llama_golden_test.cc (2e-5 x max|logit| +
+//   5e-5, F32 summation order; measured 3.9e-6). The Q8_0 file's projections differ from the
+//   golden's weights by up to half a quantization step
 //   (~0.4% of each 32-weight block's largest), its embedding is rounded to F16, and the errors add
 //   over 2 layers and the lm_head: measured 0.083 on logits up to 3.55 with exact activations.
 //   Quantized matmuls also round their activations to Q8 blocks (ops.h), by the same half step of
@@ -52,9 +53,10 @@ std::unique_ptr<LlamaModel> LoadModel(const std::string& path, Ops& ops) {
 }
 
 // Largest |got - want| over every position of every sequence of a format-1 golden.
-void CompareAllPositions(const std::string& gguf, float tolerance_over_max, float floor) {
+void CompareAllPositions(const std::string& gguf, float tolerance_over_max, float floor,
+                         const std::string& golden_name = "tiny-llama-linear") {
   auto golden = SafetensorsFile::Open(
-      testing::SourcePath("tests/fixtures/golden/tiny-llama-linear.safetensors"));
+      testing::SourcePath("tests/fixtures/golden/" + golden_name + ".safetensors"));
   ASSERT_TRUE(golden.ok()) << golden.status();
   std::unique_ptr<Ops> ops = NewCpuOps(2);
   std::unique_ptr<LlamaModel> model = LoadModel(testing::SourcePath(gguf), *ops);
@@ -83,6 +85,13 @@ TEST(GgufGoldenTest, F32FileMatchesTheCheckpointGolden) {
 
 TEST(GgufGoldenTest, Q8FileIsNearTheCheckpointGolden) {
   CompareAllPositions("tests/fixtures/gguf/tiny-llama-linear.q8_0.gguf", 0.0f, 0.4f);
+}
+
+// tiny-llama3's llama3 RoPE scaling arrives as llama.cpp writes it (rope_freqs.weight, no
+// metadata) and must reproduce transformers' llama3 RoPE: the same tolerance as the F32 file
+// above (frequencies differ from the folder's by float rounding only).
+TEST(GgufGoldenTest, Llama3RopeFreqsFileMatchesTransformers) {
+  CompareAllPositions("tests/fixtures/gguf/tiny-llama3.f32.gguf", 2e-5f, 5e-5f, "tiny-llama3");
 }
 
 std::string DefaultGguf() {

@@ -16,6 +16,7 @@
 #include "tests/testing/paths.h"
 #include "worker/checkpoint.h"
 #include "worker/model_loader.h"
+#include "worker/rope.h"
 
 namespace kvfold {
 namespace {
@@ -26,6 +27,9 @@ using testing::SourcePath;
 constexpr char kF32[] = "tests/fixtures/gguf/tiny-llama-linear.f32.gguf";
 constexpr char kQ8[] = "tests/fixtures/gguf/tiny-llama-linear.q8_0.gguf";
 constexpr char kFolder[] = "tests/fixtures/models/tiny-llama-linear";
+// tiny-llama3 with its llama3 RoPE scaling as llama.cpp writes it: a rope_freqs.weight tensor.
+constexpr char kLlama3[] = "tests/fixtures/gguf/tiny-llama3.f32.gguf";
+constexpr char kLlama3Folder[] = "tests/fixtures/models/tiny-llama3";
 
 std::string ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -189,6 +193,61 @@ TEST(GgufCheckpointTest, UnsupportedTensorTypeNamesTheTensor) {
   ASSERT_FALSE(gguf.ok());
   EXPECT_EQ(gguf.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(gguf.status().message(), HasSubstr("tensor blk.0.ffn_up.weight has ggml type 12"));
+  std::filesystem::remove(path);
+}
+
+// llama.cpp divides each RoPE frequency by its rope_freqs.weight factor; the folder's config has
+// rope_scaling {rope_type: llama3} with the same parameters: both must give the same table.
+TEST(GgufCheckpointTest, RopeFreqsGiveTheLlama3Table) {
+  auto gguf = GgufCheckpoint::Open(SourcePath(kLlama3));
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  auto hf = Checkpoint::Open(SourcePath(kLlama3Folder));
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  const ModelConfig& a = (*gguf)->config();
+  const ModelConfig& b = (*hf)->config();
+  ASSERT_EQ(b.rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(a.rope_scaling.type, RopeScaling::Type::kNone);  // no scaling metadata
+  ASSERT_EQ(a.rope_scaling.freq_factors.size(), static_cast<size_t>(a.head_dim / 2));
+  // The fixture scales something: the lowest frequency by the full factor (8).
+  EXPECT_EQ(a.rope_scaling.freq_factors.back(), 8.0f);
+  EXPECT_EQ(a.rope_scaling.freq_factors.front(), 1.0f);
+
+  const std::vector<float> got = RopeInverseFrequencies(a);
+  const std::vector<float> want = RopeInverseFrequencies(b);
+  ASSERT_EQ(got.size(), want.size());
+  bool any_scaled = false;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 2e-7 * want[i]) << "frequency " << i;  // float rounding
+    any_scaled |= a.rope_scaling.freq_factors[i] != 1.0f;
+  }
+  EXPECT_TRUE(any_scaled);
+  const int positions = a.max_position_embeddings;
+  const std::vector<float> table_a = RopeCosSinTable(a, positions);
+  const std::vector<float> table_b = RopeCosSinTable(b, positions);
+  ASSERT_EQ(table_a.size(), table_b.size());
+  float worst = 0;
+  for (size_t i = 0; i < table_a.size(); ++i) {
+    worst = std::max(worst, std::abs(table_a[i] - table_b[i]));
+  }
+  EXPECT_LE(worst, 1e-5f);  // angles up to 255 rad, frequencies equal to float rounding
+}
+
+TEST(GgufCheckpointTest, RopeFreqsOfTheWrongSizeAreAClearError) {
+  std::string bytes = ReadBytes(SourcePath(kLlama3));
+  // The tensor info: name, n_dims (u32), dims (u64 each): claim 4 values instead of 8.
+  const std::string name = "rope_freqs.weight";
+  const size_t at = bytes.find(name);
+  ASSERT_NE(at, std::string::npos);
+  uint64_t dim = 0;
+  std::memcpy(&dim, &bytes[at + name.size() + 4], sizeof(dim));
+  ASSERT_EQ(dim, 8u);
+  dim = 4;
+  std::memcpy(&bytes[at + name.size() + 4], &dim, sizeof(dim));
+  const std::string path = WriteTemp("kvfold_rope_freqs.gguf", bytes);
+  auto gguf = OpenWeights(path);
+  ASSERT_FALSE(gguf.ok());
+  EXPECT_THAT(gguf.status().message(), HasSubstr("tensor rope_freqs.weight"));
+  EXPECT_THAT(gguf.status().message(), HasSubstr("expected 8 F32 values (head_dim / 2)"));
   std::filesystem::remove(path);
 }
 

@@ -290,6 +290,20 @@ TEST(ModelConfigTest, InconsistentValuesFailValidation) {
               HasSubstr("num_hidden_layers must be positive"));
 }
 
+// GGUF rope_freqs.weight arrives as per-frequency factors: head_dim / 2 positive values.
+TEST(ModelConfigTest, RopeFreqFactorsAreValidated) {
+  absl::StatusOr<ModelConfig> config = ModelConfig::FromJson(SmallLlama(), "c.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ModelConfig c = *config;
+  c.rope_scaling.freq_factors.assign(c.head_dim / 2, 2.0f);
+  EXPECT_TRUE(c.Validate().ok());
+  c.rope_scaling.freq_factors.assign(c.head_dim / 2 + 1, 2.0f);
+  EXPECT_THAT(c.Validate().message(), HasSubstr("expected head_dim / 2"));
+  c.rope_scaling.freq_factors.assign(c.head_dim / 2, 2.0f);
+  c.rope_scaling.freq_factors[0] = 0.0f;
+  EXPECT_THAT(c.Validate().message(), HasSubstr("positive and finite"));
+}
+
 TEST(ModelConfigTest, GenerationConfigOverridesEosAndBos) {
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromJson(SmallLlama(R"("bos_token_id": 1, "eos_token_id": 2)"), "c.json");
