@@ -154,6 +154,11 @@ int RunGenerate(const std::vector<std::string>& positional) {
     std::cerr << "kvfold generate: " << s.message() << "\n";
     return 2;
   }
+  if (!absl::GetFlag(FLAGS_prompt).empty() && !absl::GetFlag(FLAGS_prompts_file).empty()) {
+    std::cerr << "kvfold generate: --prompt and --prompts-file exclude each other (each line of "
+                 "the file carries its own prompt)\n";
+    return 2;
+  }
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty()) path = DefaultModelPath();
   absl::StatusOr<Loaded> loaded = Load(path, absl::GetFlag(FLAGS_threads));
