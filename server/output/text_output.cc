@@ -27,12 +27,28 @@ absl::StatusOr<bool> TextOutput::Push(int32_t token_id) {
 
 absl::Status TextOutput::Finish() {
   if (stopped_) return absl::OkStatus();
+  finished_ = true;
   absl::StatusOr<std::string> tail = detokenizer_.Finish();
   if (!tail.ok()) return tail.status();
   const size_t old_size = text_.size();
   text_ += *tail;
   MatchStop(old_size);
   return absl::OkStatus();
+}
+
+size_t TextOutput::stable_size() const {
+  if (stopped_ || finished_) return text_.size();
+  // The longest suffix of the text that is a proper prefix of a stop string is held back.
+  size_t held = 0;
+  for (const std::string& s : stop_) {
+    for (size_t n = std::min(s.size() - 1, text_.size()); n > held; --n) {
+      if (text_.compare(text_.size() - n, n, s, 0, n) == 0) {
+        held = n;
+        break;
+      }
+    }
+  }
+  return text_.size() - held;
 }
 
 void TextOutput::MatchStop(size_t old_size) {

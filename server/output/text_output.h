@@ -28,6 +28,10 @@ class TextOutput {
   absl::Status Finish();
 
   const std::string& text() const { return text_; }
+  // How much of text() a stream may send now: all of it, less a tail that could still grow into
+  // a stop string (a proper prefix of one), which a later token may turn into a match that must
+  // not be shown. Everything once stopped or finished.
+  size_t stable_size() const;
   const std::vector<int32_t>& token_ids() const { return token_ids_; }
   bool stopped() const { return stopped_; }
 
@@ -41,6 +45,7 @@ class TextOutput {
   std::string text_;
   std::vector<int32_t> token_ids_;
   bool stopped_ = false;
+  bool finished_ = false;
 };
 
 }  // namespace kvfold

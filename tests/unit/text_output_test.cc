@@ -82,5 +82,28 @@ TEST_F(TextOutputTest, EarliestOfSeveralStopStringsWins) {
   EXPECT_EQ(out.text(), full_text_.substr(0, full_text_.find("was")));
 }
 
+// What a stream sends as it goes (text()[sent, stable_size()) after each push) is never taken
+// back: it is always a prefix of the final text, which a stop string has cut.
+TEST_F(TextOutputTest, StreamedPrefixNeverShowsAStopString) {
+  for (const std::string stop : {"Lily", "ily. S", "girl named", "e", "lik", "never appears"}) {
+    TextOutput out(*tokenizer_, prompt_, {stop});
+    std::string sent;
+    for (int32_t id : continuation_) {
+      const absl::StatusOr<bool> stopped = out.Push(id);
+      ASSERT_TRUE(stopped.ok());
+      ASSERT_LE(sent.size(), out.stable_size()) << stop;
+      ASSERT_EQ(out.text().compare(0, sent.size(), sent), 0) << stop;
+      sent = out.text().substr(0, out.stable_size());
+      // Only a tail shorter than the stop string is ever held back.
+      EXPECT_LT(out.text().size() - out.stable_size(), stop.size()) << stop;
+      if (*stopped) break;
+    }
+    ASSERT_TRUE(out.Finish().ok());
+    EXPECT_EQ(out.stable_size(), out.text().size());
+    EXPECT_EQ(out.text().substr(0, sent.size()), sent);
+    EXPECT_EQ(out.text().find(stop), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace kvfold
