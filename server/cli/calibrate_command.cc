@@ -128,7 +128,8 @@ absl::Status Calibrate(const std::string& data_path, const std::string& out_path
   if (!fingerprint.ok()) return fingerprint.status();
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Load(*std::move(weights), *s.ops);
   if (!model.ok()) return model.status();
-  const ModelConfig& config = (*model)->config();
+  // A copy: the model is released before the search.
+  const ModelConfig config = (*model)->config();
   if (s.window < 8 || s.window > config.MaxContext()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--window %d is outside [8, %d]", s.window, config.MaxContext()));
