@@ -19,7 +19,7 @@ absl::StatusOr<AttentionPlan> AttentionPlanFromFlags(const WeightSource& weights
 
 std::string KvMemoryLine(const ModelConfig& config, const AttentionPlan& plan,
                          const std::string& plan_name, DType kv_dtype, int32_t num_blocks,
-                         int32_t block_size, int32_t max_model_len) {
+                         int32_t block_size, int32_t max_model_len, int64_t memory_bytes) {
   const size_t bytes = KvCache::BytesPerToken(config, plan, kv_dtype);
   const size_t unfolded = KvCache::BytesPerToken(config, kv_dtype);
   const int64_t folded_layers =
@@ -31,9 +31,8 @@ std::string KvMemoryLine(const ModelConfig& config, const AttentionPlan& plan,
                       bytes, unfolded, 100.0 * (static_cast<double>(bytes) - unfolded) / unfolded);
   if (num_blocks == 0) return line;
   const int64_t blocks_per_seq = (int64_t{max_model_len} + block_size - 1) / block_size;
-  // The same memory holding unfolded blocks.
-  const int64_t pool_bytes = int64_t{num_blocks} * block_size * static_cast<int64_t>(bytes);
-  const int64_t unfolded_blocks = pool_bytes / (int64_t{block_size} * unfolded);
+  // The same budget holding unfolded blocks (the pool's own bytes round down below it).
+  const int64_t unfolded_blocks = memory_bytes / (int64_t{block_size} * unfolded);
   absl::StrAppendFormat(
       &line, "; pool %d blocks x %d tokens = %d sequences of %d tokens (unfolded %d)", num_blocks,
       block_size, num_blocks / blocks_per_seq, max_model_len, unfolded_blocks / blocks_per_seq);

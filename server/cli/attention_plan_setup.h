@@ -19,9 +19,10 @@ absl::StatusOr<AttentionPlan> AttentionPlanFromFlags(const WeightSource& weights
 
 // "kv: plan P (3 of 5 layers folded): 640 bytes/token, unfolded 1280 (-50.0%); pool 64 blocks x
 // 16 tokens = 4 sequences of 256 tokens (unfolded 2)": the KV cost of the plan and how many
-// full-length sequences the pool holds, with and without it (num_blocks 0: no pool part).
+// full-length sequences the pool holds, with and without it in the same `memory_bytes` budget
+// (num_blocks 0: no pool part).
 std::string KvMemoryLine(const ModelConfig& config, const AttentionPlan& plan,
                          const std::string& plan_name, DType kv_dtype, int32_t num_blocks,
-                         int32_t block_size, int32_t max_model_len);
+                         int32_t block_size, int32_t max_model_len, int64_t memory_bytes = 0);
 
 }  // namespace kvfold::cli

@@ -247,7 +247,7 @@ int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, cons
   std::vector<Entry>& entries = *read;
   std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
                             setup->cache.kv_dtype, setup->num_blocks, setup->cache.block_size,
-                            setup->scheduler.max_model_len)
+                            setup->scheduler.max_model_len, setup->cache.memory_bytes)
             << "\n";
   KvCache cache(ops, model.kv_layer_shapes(), setup->num_blocks, setup->cache.block_size,
                 setup->cache.kv_dtype);
