@@ -150,15 +150,14 @@ absl::Status Calibrate(const std::string& data_path, const std::string& out_path
   }
   s.heldout =
       MakePerplexityWindows(all.subspan(cut), *bos, s.window, absl::GetFlag(FLAGS_heldout_tokens));
-  if (s.calibration.empty() || s.heldout.empty()) {
+  // At least one whole calibration window, and held-out text worth a perplexity.
+  constexpr size_t kMinHeldout = 32;
+  if (s.calibration.empty() || static_cast<int>(s.calibration[0].size()) < s.window ||
+      ids->size() - cut < kMinHeldout) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "--data %s is %d tokens: too short for a calibration and a held-out window of %d",
-        data_path, ids->size(), s.window));
-  }
-  for (const auto& w : s.calibration) {
-    if (static_cast<int>(w.size()) < 5) {
-      return absl::InvalidArgumentError("a calibration window is shorter than 5 tokens");
-    }
+        "--data %s is %d tokens: too short for a calibration window of %d tokens (the first "
+        "80%%) and %d held-out tokens (the rest)",
+        data_path, ids->size(), s.window, kMinHeldout));
   }
 
   const bool tty = isatty(STDERR_FILENO);
