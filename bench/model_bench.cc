@@ -7,7 +7,6 @@
 // decode_bytes.h), the numerator of the roofline. Results: bench/RESULTS.md.
 #include <cstdio>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <vector>
 
@@ -16,6 +15,7 @@
 #include "benchmark/benchmark.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "worker/llama_model.h"
+#include "worker/lockstep_batch.h"
 #include "worker/model_loader.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
@@ -83,33 +83,15 @@ void BM_DecodeBatch(benchmark::State& state) {
   const int32_t steps = static_cast<int32_t>(state.range(1));
   const int32_t block_size = SequenceRunner::kBlockSize;
   const int32_t blocks_per_seq = (steps + block_size - 1) / block_size;
-  std::vector<int32_t> block_tables(static_cast<size_t>(batch) * blocks_per_seq);
-  std::iota(block_tables.begin(), block_tables.end(), 0);  // sequence s: its own blocks
-  std::vector<int32_t> query_start(batch + 1), context_len(batch), positions(batch), rows(batch);
-  std::iota(query_start.begin(), query_start.end(), 0);
-  std::iota(rows.begin(), rows.end(), 0);
+  LockstepBatch batches(blocks_per_seq, block_size, batch);  // sequence s: its own blocks
   std::vector<int32_t> tokens(batch);
-  std::vector<int64_t> slots(batch);
   std::vector<float> logits(static_cast<size_t>(batch) * config.vocab_size);
   int64_t generated = 0;
   for (auto _ : state) {
     KvCache cache(*ops, config, batch * blocks_per_seq, block_size, Opts().kv_dtype);
     for (int32_t s = 0; s < batch; ++s) tokens[s] = 3 + (s * 7919) % (config.vocab_size - 3);
     for (int32_t i = 0; i < steps; ++i) {
-      for (int32_t s = 0; s < batch; ++s) {
-        positions[s] = i;
-        context_len[s] = i + 1;
-        slots[s] = (static_cast<int64_t>(s) * blocks_per_seq) * block_size + i;
-      }
-      ForwardBatch fb;
-      fb.token_ids = tokens;
-      fb.positions = positions;
-      fb.attention.query_start = query_start;
-      fb.attention.context_len = context_len;
-      fb.attention.block_tables = block_tables;
-      fb.attention.max_blocks_per_seq = blocks_per_seq;
-      fb.attention.slot_mapping = slots;
-      fb.logits_rows = rows;
+      const ForwardBatch fb = batches.Append(tokens, i, LockstepBatch::Logits::kAll);
       absl::Status status = model->Forward(fb, cache, logits.data());
       CHECK(status.ok()) << status;
       for (int32_t s = 0; s < batch; ++s) {

@@ -10,6 +10,7 @@
 #include "worker/head_assignment.h"
 #include "worker/head_clustering.h"
 #include "worker/kv_cache.h"
+#include "worker/lockstep_batch.h"
 #include "worker/status_macros.h"
 
 namespace kvfold {
@@ -140,28 +141,15 @@ absl::StatusOr<CalibrationStats> GatherCalibrationStats(
   size_t longest = 0;
   for (const std::vector<int32_t>& w : windows) longest = std::max(longest, w.size());
   constexpr int32_t kBlock = 16;
-  const int32_t blocks = static_cast<int32_t>((longest + kBlock - 1) / kBlock);
-  KvCache cache(ops, c, std::max(blocks, 1), kBlock, DType::kF32);
+  const int32_t blocks = std::max(1, static_cast<int32_t>((longest + kBlock - 1) / kBlock));
+  KvCache cache(ops, c, blocks, kBlock, DType::kF32);
+  LockstepBatch batches(blocks, kBlock);
   StatsObserver observer(c, ops, options);
   model.set_observer(&observer);
   int done = 0;
   for (const std::vector<int32_t>& w : windows) {
-    const int32_t n = static_cast<int32_t>(w.size());
-    if (n == 0) continue;
-    std::vector<int32_t> positions(n), block_table(blocks);
-    std::vector<int64_t> slots(n);
-    std::iota(positions.begin(), positions.end(), 0);
-    std::iota(block_table.begin(), block_table.end(), 0);
-    std::iota(slots.begin(), slots.end(), int64_t{0});
-    const std::vector<int32_t> query_start = {0, n}, context_len = {n};
-    ForwardBatch batch;
-    batch.token_ids = w;
-    batch.positions = positions;
-    batch.attention.query_start = query_start;
-    batch.attention.context_len = context_len;
-    batch.attention.block_tables = block_table;
-    batch.attention.max_blocks_per_seq = blocks;
-    batch.attention.slot_mapping = slots;
+    if (w.empty()) continue;
+    const ForwardBatch batch = batches.Append(w, 0, LockstepBatch::Logits::kNone);
     absl::Status s = model.Forward(batch, cache, nullptr);
     if (!s.ok()) {
       model.set_observer(nullptr);

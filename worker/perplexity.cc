@@ -4,9 +4,9 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "worker/lockstep_batch.h"
 
 namespace kvfold {
 
@@ -80,37 +80,17 @@ absl::StatusOr<PerplexityResult> EvaluatePerplexity(LlamaModel& model, const KvC
   }
   const int32_t blocks = static_cast<int32_t>((longest + cache.block_size() - 1) /
                                               std::max<int32_t>(1, cache.block_size()));
-  std::vector<int32_t> block_table(std::max(1, blocks));
-  std::iota(block_table.begin(), block_table.end(), 0);
+  LockstepBatch batches(std::max(1, blocks), cache.block_size());
 
   PerplexityResult result;
   const auto start = std::chrono::steady_clock::now();
   std::vector<float> logits;
-  std::vector<int32_t> positions, rows;
-  std::vector<int64_t> slots_of_rows;
   for (const std::vector<int32_t>& window : windows) {
     const int32_t length = static_cast<int32_t>(window.size());
     for (int32_t begin = 0; begin < length; begin += options.chunk_rows) {
       const int32_t n = std::min(options.chunk_rows, length - begin);
-      positions.resize(n);
-      rows.resize(n);
-      slots_of_rows.resize(n);
-      for (int32_t i = 0; i < n; ++i) {
-        positions[i] = begin + i;
-        rows[i] = i;
-        slots_of_rows[i] = begin + i;  // blocks 0, 1, 2, ... in order: slot == position
-      }
-      const int32_t query_start[] = {0, n};
-      const int32_t context_len[] = {begin + n};
-      ForwardBatch batch;
-      batch.token_ids = absl::MakeConstSpan(window).subspan(begin, n);
-      batch.positions = positions;
-      batch.attention.query_start = query_start;
-      batch.attention.context_len = context_len;
-      batch.attention.block_tables = block_table;
-      batch.attention.max_blocks_per_seq = static_cast<int32_t>(block_table.size());
-      batch.attention.slot_mapping = slots_of_rows;
-      batch.logits_rows = rows;
+      const ForwardBatch batch = batches.Append(absl::MakeConstSpan(window).subspan(begin, n),
+                                                begin, LockstepBatch::Logits::kAll);
       logits.resize(static_cast<size_t>(n) * vocab);
       if (absl::Status s = model.Forward(batch, cache, logits.data()); !s.ok()) return s;
       for (int32_t i = 0; i < n; ++i) {

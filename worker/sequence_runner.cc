@@ -1,6 +1,6 @@
 #include "worker/sequence_runner.h"
 
-#include <numeric>
+#include <algorithm>
 
 #include "absl/strings/str_format.h"
 
@@ -17,9 +17,7 @@ SequenceRunner::SequenceRunner(LlamaModel& model, Ops& ops, int32_t max_tokens, 
     : model_(model),
       capacity_(max_tokens),
       cache_(ops, model.kv_layer_shapes(), BlocksFor(max_tokens), kBlockSize, kv_dtype),
-      block_table_(BlocksFor(max_tokens)) {
-  std::iota(block_table_.begin(), block_table_.end(), 0);
-}
+      batch_(BlocksFor(max_tokens), kBlockSize) {}
 
 absl::StatusOr<std::vector<float>> SequenceRunner::Append(absl::Span<const int32_t> token_ids,
                                                           bool all_logits) {
@@ -29,30 +27,10 @@ absl::StatusOr<std::vector<float>> SequenceRunner::Append(absl::Span<const int32
     return absl::OutOfRangeError(
         absl::StrFormat("sequence of %d tokens exceeds the %d reserved", length_ + n, capacity_));
   }
-  std::vector<int32_t> positions(n), logits_rows;
-  std::vector<int64_t> slots(n);
-  for (int32_t i = 0; i < n; ++i) {
-    positions[i] = length_ + i;
-    slots[i] = positions[i];  // blocks are 0, 1, 2, ...: slot == position
-  }
-  if (all_logits) {
-    logits_rows.resize(n);
-    std::iota(logits_rows.begin(), logits_rows.end(), 0);
-  } else {
-    logits_rows = {n - 1};
-  }
-  const int32_t query_start[] = {0, n};
-  const int32_t context_len[] = {length_ + n};
-  ForwardBatch batch;
-  batch.token_ids = token_ids;
-  batch.positions = positions;
-  batch.attention.query_start = query_start;
-  batch.attention.context_len = context_len;
-  batch.attention.block_tables = block_table_;
-  batch.attention.max_blocks_per_seq = static_cast<int32_t>(block_table_.size());
-  batch.attention.slot_mapping = slots;
-  batch.logits_rows = logits_rows;
-  std::vector<float> logits(logits_rows.size() * static_cast<size_t>(model_.config().vocab_size));
+  const ForwardBatch batch = batch_.Append(
+      token_ids, length_, all_logits ? LockstepBatch::Logits::kAll : LockstepBatch::Logits::kLast);
+  std::vector<float> logits(batch.logits_rows.size() *
+                            static_cast<size_t>(model_.config().vocab_size));
   if (absl::Status s = model_.Forward(batch, cache_, logits.data()); !s.ok()) return s;
   length_ += n;
   return logits;

@@ -9,6 +9,7 @@
 #include "absl/types/span.h"
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
+#include "worker/lockstep_batch.h"
 
 namespace kvfold {
 
@@ -30,7 +31,7 @@ class SequenceRunner {
   LlamaModel& model_;
   int32_t capacity_;
   KvCache cache_;
-  std::vector<int32_t> block_table_;
+  LockstepBatch batch_;  // blocks 0, 1, 2, ...
   int32_t length_ = 0;
 };
 

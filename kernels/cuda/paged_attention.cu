@@ -46,6 +46,16 @@ __device__ __forceinline__ void TileScores(const PagedAttentionParams& p, const 
   }
 }
 
+// Cache row of each position of the tile [start, start + len) into slots[t]: thread t writes t.
+__device__ __forceinline__ void TileSlots(const PagedAttentionParams& p, const int32_t* table,
+                                          int start, int len, int64_t* slots) {
+  if (threadIdx.x < len) {
+    const int pos = start + threadIdx.x;
+    slots[threadIdx.x] =
+        static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
+  }
+}
+
 // T: the cache element type (float or __nv_bfloat16); arithmetic is F32 either way.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) FoldedAttentionKernel(PagedAttentionParams p) {
@@ -84,11 +94,7 @@ __global__ void __launch_bounds__(kThreads) FoldedAttentionKernel(PagedAttention
   if (!reading) {
     for (int start = 0; start <= last; start += kTile) {
       const int len = min(kTile, last + 1 - start);
-      if (threadIdx.x < len) {
-        const int pos = start + threadIdx.x;
-        slots[threadIdx.x] =
-            static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
-      }
+      TileSlots(p, table, start, len, slots);
       __syncthreads();  // slots and q_shared ready; previous tile's readers done
       TileScores(p, q_shared, k_base, slots, len, probs);
       __syncthreads();
@@ -107,11 +113,7 @@ __global__ void __launch_bounds__(kThreads) FoldedAttentionKernel(PagedAttention
   // Pass 2: P tile by tile, applied to every member's V.
   for (int start = 0; start <= last; start += kTile) {
     const int len = min(kTile, last + 1 - start);
-    if (threadIdx.x < len) {
-      const int pos = start + threadIdx.x;
-      slots[threadIdx.x] =
-          static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
-    }
+    TileSlots(p, table, start, len, slots);
     __syncthreads();
     if (reading) {
       if (threadIdx.x < len) probs[threadIdx.x] = stored[start + threadIdx.x];

@@ -1,16 +1,10 @@
 // `kvfold generate --attention-plan`: a drop plan runs and reports its KV saving; a plan for
 // another model, or a broken one, fails with a clear message and a non-zero exit.
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/cli_runner.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/safetensors_writer.h"
 #include "worker/attention_plan.h"
@@ -19,34 +13,9 @@
 namespace kvfold {
 namespace {
 
+using testing::CliResult;
 using ::testing::HasSubstr;
-
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-Result Kvfold(const std::string& dir, const std::vector<std::string>& args) {
-  const std::string out = dir + "/stdout", err = dir + "/stderr";
-  std::string cmd = Quote(testing::BinaryPath("kvfold"));
-  for (const std::string& a : args) cmd.append(" ").append(Quote(a));
-  cmd.append(" >").append(Quote(out)).append(" 2>").append(Quote(err)).append(" </dev/null");
-  const int status = std::system(cmd.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFile(out), ReadFile(err)};
-}
+using testing::RunKvfold;
 
 std::string Stories() { return testing::SourcePath("models/stories260K"); }
 
@@ -65,8 +34,8 @@ std::string DropPlan(const std::string& fingerprint) {
 TEST(AttentionPlanCliTest, DropPlanGeneratesText) {
   testing::ScratchDir dir;
   testing::WriteFile(dir.File("plan.json"), DropPlan(Fingerprint()));
-  Result r = Kvfold(dir.path(), {"generate", "--model", Stories(), "--prompt", "Once upon a time",
-                                 "--max-tokens", "20", "--attention-plan", dir.File("plan.json")});
+  CliResult r = RunKvfold({"generate", "--model", Stories(), "--prompt", "Once upon a time",
+                           "--max-tokens", "20", "--attention-plan", dir.File("plan.json")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, ::testing::StartsWith("Once upon a time"));
   EXPECT_GT(r.out.size(), std::string("Once upon a time").size() + 10);
@@ -74,10 +43,10 @@ TEST(AttentionPlanCliTest, DropPlanGeneratesText) {
   EXPECT_THAT(r.err, HasSubstr("(2 of 5 layers folded): 384 bytes/token, unfolded 640 (-40.0%)"));
 
   testing::WriteFile(dir.File("prompts.jsonl"), "{\"prompt\": \"Once upon a time\"}\n");
-  Result batch = Kvfold(
-      dir.path(), {"generate", "--model", Stories(), "--prompts-file", dir.File("prompts.jsonl"),
-                   "--max-tokens", "10", "--kv-cache-memory", "1MiB", "--max-model-len", "256",
-                   "--attention-plan", dir.File("plan.json")});
+  CliResult batch =
+      RunKvfold({"generate", "--model", Stories(), "--prompts-file", dir.File("prompts.jsonl"),
+                 "--max-tokens", "10", "--kv-cache-memory", "1MiB", "--max-model-len", "256",
+                 "--attention-plan", dir.File("plan.json")});
   ASSERT_EQ(batch.exit_code, 0) << batch.err;
   EXPECT_THAT(batch.out, HasSubstr("\"text\""));
   // 1 MiB / (16 x 384 bytes) = 170 blocks = 10 sequences of 16 blocks; unfolded 102 -> 6.
@@ -88,21 +57,21 @@ TEST(AttentionPlanCliTest, DropPlanGeneratesText) {
 TEST(AttentionPlanCliTest, BadPlansFailClearly) {
   testing::ScratchDir dir;
   testing::WriteFile(dir.File("other.json"), DropPlan("0123abcd"));
-  Result r = Kvfold(dir.path(), {"generate", "--model", Stories(), "--prompt", "Once",
-                                 "--attention-plan", dir.File("other.json")});
+  CliResult r = RunKvfold({"generate", "--model", Stories(), "--prompt", "Once", "--attention-plan",
+                           dir.File("other.json")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(r.out.empty()) << r.out;
   EXPECT_THAT(r.err, HasSubstr("other.json: the plan was calibrated for another model "
                                "(fingerprint 0123abcd"));
 
   testing::WriteFile(dir.File("broken.json"), "{\"version\": 1, \"layers\": [");
-  r = Kvfold(dir.path(), {"generate", "--model", Stories(), "--prompt", "Once", "--attention-plan",
-                          dir.File("broken.json")});
+  r = RunKvfold({"generate", "--model", Stories(), "--prompt", "Once", "--attention-plan",
+                 dir.File("broken.json")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("broken.json: not valid JSON"));
 
-  r = Kvfold(dir.path(), {"generate", "--model", Stories(), "--prompt", "Once", "--attention-plan",
-                          dir.File("absent.json")});
+  r = RunKvfold({"generate", "--model", Stories(), "--prompt", "Once", "--attention-plan",
+                 dir.File("absent.json")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("cannot read attention plan"));
 }

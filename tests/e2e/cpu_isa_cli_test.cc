@@ -1,51 +1,28 @@
 // The real `kvfold` binary (generate, eval) under a bad KVFOLD_ISA: a clear error and a non-zero
 // exit code, not a CHECK failure (abort, stack trace).
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
+#include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/cli_runner.h"
 #include "tests/testing/paths.h"
 
 namespace kvfold {
 namespace {
 
+using testing::CliResult;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-struct Result {
-  bool exited = false;  // false: killed by a signal (a CHECK failure aborts)
-  int exit_code = -1;
-  std::string err;
-};
-
-// Runs `env_prefix kvfold args` through the shell, stdout discarded.
-Result RunKvfold(const std::string& env_prefix, const std::string& args) {
-  const std::string err_path =
-      ::testing::TempDir() + "/kvfold_isa_" + std::to_string(getpid()) + ".stderr";
-  const std::string cmd = env_prefix + " '" + testing::BinaryPath("kvfold") + "' " + args +
-                          " >/dev/null 2>'" + err_path + "' </dev/null";
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exited = WIFEXITED(status);
-  r.exit_code = r.exited ? WEXITSTATUS(status) : -1;
-  std::ifstream f(err_path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  r.err = ss.str();
-  std::remove(err_path.c_str());
-  return r;
-}
+using testing::RunKvfold;
 
 TEST(CpuIsaCliTest, BogusIsaIsACleanError) {
   const std::string model = testing::SourcePath("models/stories260K");
-  Result r = RunKvfold("KVFOLD_ISA=bogus",
-                       "generate --model '" + model + "' --prompt 'Once' --max-tokens 2");
+  CliResult r = RunKvfold({"generate", "--model", model, "--prompt", "Once", "--max-tokens", "2"},
+                          {.env = {{"KVFOLD_ISA", "bogus"}}});
   ASSERT_TRUE(r.exited) << "killed by a signal; stderr:\n" << r.err;
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("KVFOLD_ISA=bogus"));
@@ -58,7 +35,8 @@ TEST(CpuIsaCliTest, BogusIsaIsACleanErrorForEval) {
   const std::string data =
       ::testing::TempDir() + "/kvfold_isa_eval_" + std::to_string(getpid()) + ".txt";
   std::ofstream(data) << "Once upon a time, there was a little girl named Lily.\n";
-  Result r = RunKvfold("KVFOLD_ISA=bogus", "eval --model '" + model + "' --data '" + data + "'");
+  CliResult r =
+      RunKvfold({"eval", "--model", model, "--data", data}, {.env = {{"KVFOLD_ISA", "bogus"}}});
   std::remove(data.c_str());
   ASSERT_TRUE(r.exited) << "killed by a signal; stderr:\n" << r.err;
   EXPECT_NE(r.exit_code, 0);
@@ -69,8 +47,8 @@ TEST(CpuIsaCliTest, BogusIsaIsACleanErrorForEval) {
 TEST(CpuIsaCliTest, GenericIsaStillGenerates) {
   // The same command with a valid value succeeds, so the failure above is the ISA's.
   const std::string model = testing::SourcePath("models/stories260K");
-  Result r = RunKvfold("KVFOLD_ISA=generic",
-                       "generate --model '" + model + "' --prompt 'Once' --max-tokens 2");
+  CliResult r = RunKvfold({"generate", "--model", model, "--prompt", "Once", "--max-tokens", "2"},
+                          {.env = {{"KVFOLD_ISA", "generic"}}});
   ASSERT_TRUE(r.exited) << r.err;
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }

@@ -1,65 +1,30 @@
 // Drives `kvfold eval` as a user or a script would: the readable report, the --json line, the
 // --max-tokens cap, and clean errors for bad input.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
+#include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/cli_runner.h"
 #include "tests/testing/paths.h"
 
 namespace kvfold {
 namespace {
 
+using testing::CliResult;
 using ::testing::HasSubstr;
-
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using testing::RunKvfold;
 
 std::string TempFile(const std::string& name, const std::string& contents) {
   const std::string path = ::testing::TempDir() + "/eval_" + std::to_string(getpid()) + "_" + name;
   std::ofstream(path) << contents;
   return path;
-}
-
-Result Kvfold(const std::vector<std::string>& args) {
-  static int calls = 0;
-  const std::string stem = ::testing::TempDir() + "/kvfold_eval_" + std::to_string(getpid()) + "_" +
-                           std::to_string(calls++);
-  const std::string out = stem + ".stdout", err = stem + ".stderr";
-  std::string cmd = Quote(testing::BinaryPath("kvfold"));
-  for (const std::string& a : args) cmd.append(" ").append(Quote(a));
-  cmd.append(" >").append(Quote(out)).append(" 2>").append(Quote(err)).append(" </dev/null");
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
-  std::remove(out.c_str());
-  std::remove(err.c_str());
-  return r;
 }
 
 const std::string& Model() {
@@ -74,7 +39,7 @@ const std::string& Sample() {
 }
 
 TEST(EvalCliTest, JsonSummaryIsSane) {
-  const Result r = Kvfold({"eval", "--model", Model(), "--data", Sample(), "--json"});
+  const CliResult r = RunKvfold({"eval", "--model", Model(), "--data", Sample(), "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out);  // one line, one object
   EXPECT_EQ(r.out.find('\n'), r.out.size() - 1);
@@ -98,8 +63,9 @@ TEST(EvalCliTest, JsonSummaryIsSane) {
 }
 
 TEST(EvalCliTest, MaxTokensCapsTheTokensScored) {
-  const Result r = Kvfold({"eval", "--model", Model(), "--data", Sample(), "--json", "--max-tokens",
-                           "300", "--context", "100", "--kv-cache-dtype", "f32"});
+  const CliResult r =
+      RunKvfold({"eval", "--model", Model(), "--data", Sample(), "--json", "--max-tokens", "300",
+                 "--context", "100", "--kv-cache-dtype", "f32"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j.at("tokens_scored"), 300);
@@ -108,7 +74,8 @@ TEST(EvalCliTest, MaxTokensCapsTheTokensScored) {
 }
 
 TEST(EvalCliTest, ReadableReport) {
-  const Result r = Kvfold({"eval", "--model", Model(), "--data", Sample(), "--max-tokens", "200"});
+  const CliResult r =
+      RunKvfold({"eval", "--model", Model(), "--data", Sample(), "--max-tokens", "200"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("tokens scored: 200\n"));
   EXPECT_THAT(r.out, HasSubstr("perplexity: "));
@@ -116,7 +83,7 @@ TEST(EvalCliTest, ReadableReport) {
 }
 
 TEST(EvalCliTest, HelpShowsItsFlags) {
-  const Result r = Kvfold({"eval", "--help"});
+  const CliResult r = RunKvfold({"eval", "--help"});
   EXPECT_THAT(r.out + r.err, HasSubstr("--data"));
   EXPECT_THAT(r.out + r.err, HasSubstr("--context"));
   EXPECT_THAT(r.out + r.err, HasSubstr("--json"));
@@ -143,14 +110,14 @@ TEST(EvalCliTest, BadInputGetsAClearErrorAndNonZeroExit) {
   for (const Case& c : cases) {
     std::vector<std::string> args = {"eval", "--model", Model()};
     args.insert(args.end(), c.args.begin(), c.args.end());
-    const Result r = Kvfold(args);
+    const CliResult r = RunKvfold(args);
     EXPECT_NE(r.exit_code, 0) << c.message;
     EXPECT_THAT(r.err, HasSubstr(c.message));
     EXPECT_THAT(r.err, ::testing::StartsWith("kvfold eval: "));
     EXPECT_TRUE(r.out.empty()) << r.out;
   }
   // A text of one token still has BOS before it: one token scored.
-  const Result r = Kvfold({"eval", "--model", Model(), "--data", one_word, "--json"});
+  const CliResult r = RunKvfold({"eval", "--model", Model(), "--data", one_word, "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out).at("tokens_scored"), 1);
   std::remove(empty.c_str());

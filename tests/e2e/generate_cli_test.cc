@@ -1,7 +1,7 @@
 // Drives the real `kvfold` binary as a user would: help, generation, bad input.
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,50 +12,16 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/cli_runner.h"
 #include "tests/testing/paths.h"
 
 namespace kvfold {
 namespace {
 
+using testing::CliResult;
 using ::testing::HasSubstr;
+using testing::RunKvfold;
 using ::testing::StartsWith;
-
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-Result Kvfold(const std::vector<std::string>& args) {
-  // ctest runs test cases as parallel processes: every call gets its own files.
-  static int calls = 0;
-  const std::string stem =
-      ::testing::TempDir() + "/kvfold_" + std::to_string(getpid()) + "_" + std::to_string(calls++);
-  const std::string out = stem + ".stdout", err = stem + ".stderr";
-  std::string cmd = Quote(testing::BinaryPath("kvfold"));
-  for (const std::string& a : args) cmd.append(" ").append(Quote(a));
-  cmd.append(" >").append(Quote(out)).append(" 2>").append(Quote(err)).append(" </dev/null");
-  const int status = std::system(cmd.c_str());
-  Result r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
-  std::remove(out.c_str());
-  std::remove(err.c_str());
-  return r;
-}
 
 // The bundled model; tests that check its text or sizes name it (the default is SmolLM2 when
 // ~/.cache/kvfold has it).
@@ -71,17 +37,17 @@ std::string DefaultGguf() {
 }
 
 TEST(GenerateCliTest, HelpListsCommandsAndFlags) {
-  Result top = Kvfold({"--help"});
+  CliResult top = RunKvfold({"--help"});
   EXPECT_EQ(top.exit_code, 0);
   EXPECT_THAT(top.out, HasSubstr("generate"));
-  Result gen = Kvfold({"generate", "--help"});
+  CliResult gen = RunKvfold({"generate", "--help"});
   EXPECT_THAT(gen.out + gen.err, HasSubstr("--prompt"));
   EXPECT_THAT(gen.out + gen.err, HasSubstr("--max_tokens"));
   EXPECT_THAT(gen.out + gen.err, ::testing::Not(HasSubstr("--gtest")));
 }
 
 TEST(GenerateCliTest, StreamsAContinuationAndReportsSpeed) {
-  Result r = Kvfold(
+  CliResult r = RunKvfold(
       {"generate", "--model", Stories(), "--prompt", "Once upon a time", "--max-tokens", "30"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, StartsWith("Once upon a time"));
@@ -95,10 +61,10 @@ TEST(GenerateCliTest, GreedyFromBosReproducesLlama2c) {
   KVFOLD_REQUIRE_SHARED(expected_path, "models/stories260K/greedy200_from_bos.txt");
   KVFOLD_REQUIRE_SHARED(model, "models/stories260K");
   // llama2.c keeps K/V in F32; a BF16 cache may flip a near-tie over 200 greedy tokens.
-  Result r =
-      Kvfold({"generate", "--model", model, "--max-tokens", "200", "--kv-cache-dtype", "f32"});
+  CliResult r =
+      RunKvfold({"generate", "--model", model, "--max-tokens", "200", "--kv-cache-dtype", "f32"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  std::string expected = ReadFile(expected_path);
+  std::string expected = testing::ReadFile(expected_path);
   std::string got = r.out;
   while (!got.empty() && got.back() == '\n') got.pop_back();
   while (!expected.empty() && expected.back() == '\n') expected.pop_back();
@@ -109,30 +75,30 @@ TEST(GenerateCliTest, SameSeedSameText) {
   const std::vector<std::string> args = {"generate", "--model",      Stories(), "--prompt",
                                          "The dog",  "--max-tokens", "40",      "--temperature",
                                          "0.9",      "--seed",       "7"};
-  Result a = Kvfold(args), b = Kvfold(args);
+  CliResult a = RunKvfold(args), b = RunKvfold(args);
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
   std::vector<std::string> other = args;
   other.back() = "8";
-  EXPECT_NE(Kvfold(other).out, a.out) << "a different seed should change 40 sampled tokens";
+  EXPECT_NE(RunKvfold(other).out, a.out) << "a different seed should change 40 sampled tokens";
 }
 
 TEST(GenerateCliTest, BadInputGetsAClearErrorAndNonZeroExit) {
-  Result unknown = Kvfold({"frobnicate"});
+  CliResult unknown = RunKvfold({"frobnicate"});
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_THAT(unknown.err, HasSubstr("unknown command 'frobnicate'"));
 
-  Result missing = Kvfold({"generate", "--model", "/nonexistent/model", "--max-tokens", "1"});
+  CliResult missing = RunKvfold({"generate", "--model", "/nonexistent/model", "--max-tokens", "1"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr("/nonexistent/model"));
 
-  Result zero = Kvfold({"generate", "--model", Stories(), "--max-tokens", "0"});
+  CliResult zero = RunKvfold({"generate", "--model", Stories(), "--max-tokens", "0"});
   EXPECT_EQ(zero.exit_code, 2);
 
   std::string too_long;
   for (int i = 0; i < 600; ++i) too_long += "dog ";
-  Result overlong =
-      Kvfold({"generate", "--model", Stories(), "--prompt", too_long, "--max-tokens", "1"});
+  CliResult overlong =
+      RunKvfold({"generate", "--model", Stories(), "--prompt", too_long, "--max-tokens", "1"});
   EXPECT_EQ(overlong.exit_code, 1);
   EXPECT_THAT(overlong.err, HasSubstr("context"));
 }
@@ -166,8 +132,9 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
                      "\n" + too_long + "\n" +
                      R"({"prompt": "The dog", "max_tokens": 40, "temperature": 0.9, "seed": 7})" +
                      "\n" + R"({"prompt": "Lily", "max_tokens": "many"})" + "\n");
-  Result r = Kvfold({"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory",
-                     "2MiB", "--max-num-seqs", "2", "--max-num-batched-tokens", "16"});
+  CliResult r =
+      RunKvfold({"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory",
+                 "2MiB", "--max-num-seqs", "2", "--max-num-batched-tokens", "16"});
   std::remove(path.c_str());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::vector<nlohmann::json> lines = JsonLines(r.out);
@@ -176,7 +143,7 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
   for (int i = 0; i < 6; ++i) EXPECT_EQ(lines[i]["line"], want_line[i]);
 
   // The engine's greedy text equals the single-sequence path's.
-  Result single = Kvfold(
+  CliResult single = RunKvfold(
       {"generate", "--model", Stories(), "--prompt", "Once upon a time", "--max-tokens", "24"});
   ASSERT_EQ(single.exit_code, 0) << single.err;
   EXPECT_EQ("Once upon a time" + lines[0]["text"].get<std::string>() + "\n", single.out);
@@ -207,34 +174,36 @@ TEST(GenerateCliTest, PromptsFileRunsEveryLineThroughTheEngineInOrder) {
 TEST(GenerateCliTest, PromptsFileErrorsBeforeRunning) {
   const std::string path = WriteTempFile("prompts_small", R"({"prompt": "a"})"
                                                           "\n");
-  Result small = Kvfold(
+  CliResult small = RunKvfold(
       {"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory", "10KiB"});
   EXPECT_EQ(small.exit_code, 1);
   EXPECT_THAT(small.err, HasSubstr("--kv-cache-memory"));
-  Result bad_size = Kvfold(
+  CliResult bad_size = RunKvfold(
       {"generate", "--model", Stories(), "--prompts-file", path, "--kv-cache-memory", "lots"});
   EXPECT_EQ(bad_size.exit_code, 1);
   EXPECT_THAT(bad_size.err, HasSubstr("byte size"));
-  Result bad_len =
-      Kvfold({"generate", "--model", Stories(), "--prompts-file", path, "--max-model-len", "9999"});
+  CliResult bad_len = RunKvfold(
+      {"generate", "--model", Stories(), "--prompts-file", path, "--max-model-len", "9999"});
   EXPECT_EQ(bad_len.exit_code, 1);
   EXPECT_THAT(bad_len.err, HasSubstr("--max-model-len"));
   std::remove(path.c_str());
-  Result missing = Kvfold({"generate", "--prompts-file", path});
+  CliResult missing = RunKvfold({"generate", "--prompts-file", path});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_THAT(missing.err, HasSubstr(path));
 }
 
 TEST(GenerateCliTest, CorruptWeightsAreReportedNotCrashed) {
   const std::string dir = ::testing::TempDir() + "/corrupt_model_" + std::to_string(getpid());
-  std::system(("rm -rf " + Quote(dir) + " && mkdir -p " + Quote(dir)).c_str());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
   for (const char* f : {"config.json", "generation_config.json", "tokenizer.json"}) {
     std::ifstream in(testing::SourcePath(std::string("models/stories260K/") + f));
     std::ofstream(dir + "/" + f) << in.rdbuf();
   }
-  std::string weights = ReadFile(testing::SourcePath("models/stories260K/model.safetensors"));
+  std::string weights =
+      testing::ReadFile(testing::SourcePath("models/stories260K/model.safetensors"));
   std::ofstream(dir + "/model.safetensors") << weights.substr(0, weights.size() / 2);
-  Result r = Kvfold({"generate", "--model", dir, "--max-tokens", "1"});
+  CliResult r = RunKvfold({"generate", "--model", dir, "--max-tokens", "1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("model.safetensors"));
 }
@@ -243,11 +212,12 @@ TEST(GenerateCliTest, CorruptWeightsAreReportedNotCrashed) {
 TEST(GenerateCliTest, DefaultModelIsSmolLm2AndAnswers) {
   const std::string gguf = DefaultGguf();
   if (!std::filesystem::exists(gguf)) GTEST_SKIP() << gguf << " is absent (scripts/setup.sh)";
-  Result r = Kvfold({"generate", "--prompt", "The capital of France is", "--max-tokens", "20"});
+  CliResult r =
+      RunKvfold({"generate", "--prompt", "The capital of France is", "--max-tokens", "20"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, StartsWith("The capital of France is Paris"));
   EXPECT_THAT(r.err, ::testing::Not(HasSubstr("absent")));
-  Result named = Kvfold(
+  CliResult named = RunKvfold(
       {"generate", "--model", gguf, "--prompt", "The capital of France is", "--max-tokens", "20"});
   ASSERT_EQ(named.exit_code, 0) << named.err;
   EXPECT_EQ(named.out, r.out);
@@ -255,9 +225,9 @@ TEST(GenerateCliTest, DefaultModelIsSmolLm2AndAnswers) {
 
 // A .gguf given with --model (the CI-sized fixture) loads weights and tokenizer from the file.
 TEST(GenerateCliTest, GgufModelFile) {
-  Result r = Kvfold({"generate", "--model",
-                     testing::SourcePath("tests/fixtures/gguf/stories260K_spm.gguf"),
-                     "--max-tokens", "1"});
+  CliResult r = RunKvfold({"generate", "--model",
+                           testing::SourcePath("tests/fixtures/gguf/stories260K_spm.gguf"),
+                           "--max-tokens", "1"});
   // This fixture has a vocabulary but no weights: the error names the file and the tensor.
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("stories260K_spm.gguf"));
@@ -266,14 +236,14 @@ TEST(GenerateCliTest, GgufModelFile) {
 TEST(GenerateCliTest, CorruptGgufIsReportedNotCrashed) {
   const std::string path = ::testing::TempDir() + "/corrupt_" + std::to_string(getpid()) + ".gguf";
   const std::string bytes =
-      ReadFile(testing::SourcePath("tests/fixtures/gguf/tiny-llama-linear.f32.gguf"));
+      testing::ReadFile(testing::SourcePath("tests/fixtures/gguf/tiny-llama-linear.f32.gguf"));
   std::ofstream(path) << bytes.substr(0, bytes.size() / 2);
-  Result r = Kvfold({"generate", "--model", path, "--max-tokens", "1"});
+  CliResult r = RunKvfold({"generate", "--model", path, "--max-tokens", "1"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr(path));
   EXPECT_THAT(r.err, HasSubstr("past the end"));
   std::ofstream(path) << "GGUF\x01";
-  Result tiny = Kvfold({"generate", "--model", path, "--max-tokens", "1"});
+  CliResult tiny = RunKvfold({"generate", "--model", path, "--max-tokens", "1"});
   EXPECT_EQ(tiny.exit_code, 1);
   EXPECT_THAT(tiny.err, HasSubstr(path));
   std::remove(path.c_str());
