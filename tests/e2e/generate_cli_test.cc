@@ -186,6 +186,10 @@ TEST(GenerateCliTest, PromptsFileErrorsBeforeRunning) {
       {"generate", "--model", Stories(), "--prompts-file", path, "--max-model-len", "9999"});
   EXPECT_EQ(bad_len.exit_code, 1);
   EXPECT_THAT(bad_len.err, HasSubstr("--max-model-len"));
+  CliResult both = RunKvfold(
+      {"generate", "--model", Stories(), "--prompts-file", path, "--prompt", "Once upon"});
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_THAT(both.err, HasSubstr("exclude each other"));
   std::remove(path.c_str());
   CliResult missing = RunKvfold({"generate", "--prompts-file", path});
   EXPECT_EQ(missing.exit_code, 1);
