@@ -373,19 +373,22 @@ class Parser {
     return left;
   }
 
-  absl::StatusOr<ExprPtr> ParseUnary() {
+  // As in jinja2, filters bind to the whole unary expression: `-3 | abs` is `(-3) | abs`.
+  absl::StatusOr<ExprPtr> ParseUnary(bool with_filters = true) {
     if (++depth_ > kMaxDepth) return Error("expression nested too deeply");
     ExprPtr expr;
     if (IsOp("-") || IsOp("+")) {
       const Token& tok = Next();
       expr = Make(Expr::kUnary, tok.line);
       expr->name = tok.text;
-      KVFOLD_ASSIGN_OR_RETURN(expr->object, ParseUnary());
+      KVFOLD_ASSIGN_OR_RETURN(expr->object, ParseUnary(false));
     } else {
       KVFOLD_ASSIGN_OR_RETURN(expr, ParsePrimary());
       KVFOLD_ASSIGN_OR_RETURN(expr, ParsePostfix(std::move(expr)));
     }
-    KVFOLD_ASSIGN_OR_RETURN(expr, ParseFiltersAndTests(std::move(expr)));
+    if (with_filters) {
+      KVFOLD_ASSIGN_OR_RETURN(expr, ParseFiltersAndTests(std::move(expr)));
+    }
     --depth_;
     return expr;
   }
