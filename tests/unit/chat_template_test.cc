@@ -1,7 +1,8 @@
 // The Jinja interpreter construct by construct. Each case's expected output was produced by
 // Python jinja2 3.1 configured as transformers does it (ImmutableSandboxedEnvironment,
 // trim_blocks, lstrip_blocks, loopcontrols, transformers' tojson); errors and malformed input
-// must come back as statuses with line numbers, never crashes.
+// must come back as statuses with line numbers, never crashes. Regenerate the table with
+// `python3 scripts/dev/make_chat_template_expectations.py --unit-cases`.
 #include "server/chat/chat_template.h"
 
 #include <gmock/gmock.h>
