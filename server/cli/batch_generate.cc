@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "scheduler/engine.h"
+#include "server/api/sampling_fields.h"
 #include "server/cli/attention_plan_setup.h"
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
@@ -108,22 +109,6 @@ absl::StatusOr<std::vector<Entry>> ReadEntries(const std::string& path,
   return entries;
 }
 
-SamplingParams LineSampling(const PromptLine& line, const SamplingParams& defaults) {
-  SamplingParams p = defaults;
-  p.temperature = line.temperature.value_or(p.temperature);
-  p.seed = line.seed.value_or(p.seed);
-  p.top_k = line.top_k.value_or(p.top_k);
-  p.top_p = line.top_p.value_or(p.top_p);
-  p.min_p = line.min_p.value_or(p.min_p);
-  p.repetition_penalty = line.repetition_penalty.value_or(p.repetition_penalty);
-  p.frequency_penalty = line.frequency_penalty.value_or(p.frequency_penalty);
-  p.presence_penalty = line.presence_penalty.value_or(p.presence_penalty);
-  p.logit_bias = line.logit_bias;
-  p.top_logprobs = line.top_logprobs.value_or(p.top_logprobs);
-  p.logprobs = line.logprobs.value_or(p.top_logprobs > 0);
-  return p;
-}
-
 // Parses, tokenizes and submits one line; on failure records the error instead.
 void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defaults,
                 const Tokenizer& tokenizer, Engine& engine, DeltaQueue& queue, Entry& entry) {
@@ -139,7 +124,7 @@ void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defau
   request.id = id;
   request.prompt_token_ids = *ids;
   request.max_tokens = parsed->max_tokens.value_or(defaults.max_tokens);
-  request.sampling = LineSampling(*parsed, defaults.sampling);
+  request.sampling = api::ToSamplingParams(*parsed, defaults.sampling);
   request.stop_token_ids = parsed->stop_token_ids;
   request.ignore_eos = parsed->ignore_eos.value_or(false);
   entry.output = std::make_unique<TextOutput>(tokenizer, *ids, std::move(parsed->stop));

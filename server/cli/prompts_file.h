@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -12,27 +11,18 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/request.h"
+#include "server/api/sampling_fields.h"
 
 namespace kvfold::cli {
 
 // One line: {"prompt": "...", "max_tokens": 32, "temperature": 0.8, "seed": 7, "stop": ["\n"],
 // "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repetition_penalty": 1.1, "frequency_penalty": 0.5,
 // "presence_penalty": 0.5, "logit_bias": {"42": -100}, "logprobs": true, "top_logprobs": 3,
-// "stop_token_ids": [2], "ignore_eos": false}. Absent optional fields take the command's flag
-// values (or SamplingParams's defaults); the engine checks the ranges of sampling values.
-struct PromptLine {
+// "stop_token_ids": [2], "ignore_eos": false}. The sampling fields are the HTTP API's, read and
+// range-checked by the same code (server/api/sampling_fields.h). Absent optional fields take the
+// command's flag values (or SamplingParams's defaults).
+struct PromptLine : api::SamplingFields {
   std::string prompt;
-  std::optional<int32_t> max_tokens;
-  std::optional<float> temperature;
-  std::optional<uint64_t> seed;
-  std::vector<std::string> stop;  // a string or an array of strings
-  std::optional<int32_t> top_k;
-  std::optional<float> top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty;
-  std::vector<std::pair<int32_t, float>> logit_bias;  // {"token id": bias}
-  std::optional<bool> logprobs;
-  std::optional<int32_t> top_logprobs;
-  std::vector<int32_t> stop_token_ids;
-  std::optional<bool> ignore_eos;
 };
 
 // InvalidArgument naming the field for bad JSON, a non-object, a missing or non-string prompt,
