@@ -133,6 +133,9 @@ absl::StatusOr<CalibrationStats> GatherCalibrationStats(
     const CalibrationPassOptions& options, const std::function<void(int, int)>& progress) {
   const ModelConfig& c = model.config();
   if (windows.empty()) return absl::InvalidArgumentError("no calibration text");
+  if (model.plan().folded()) {
+    return absl::InvalidArgumentError("calibration measures the unfolded model; it has a plan");
+  }
   if (options.tensor_parallel_size <= 0 || c.num_kv_heads % options.tensor_parallel_size != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor-parallel size ", options.tensor_parallel_size, " does not divide ",

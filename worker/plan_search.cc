@@ -151,7 +151,6 @@ absl::StatusOr<PlanSearchResult> SearchAttentionPlan(const ModelConfig& config,
     if (measured.empty()) break;
     std::stable_sort(measured.begin(), measured.end(),
                      [](const Measured& a, const Measured& b) { return a.score < b.score; });
-    bool accepted = false;
     for (Measured& m : measured) {
       if (rejections >= options.max_rejections) break;
       KVFOLD_ASSIGN_OR_RETURN(const double heldout, heldout_loss(m.plan));
@@ -167,10 +166,9 @@ absl::StatusOr<PlanSearchResult> SearchAttentionPlan(const ModelConfig& config,
       result.plan = std::move(m.plan);
       current_loss = m.loss;
       record(std::move(step));
-      accepted = true;
       break;
     }
-    if (!accepted) break;
+    // Whether one was kept or all were rejected (and banned), the next round's candidates differ.
   }
   return result;
 }

@@ -4,6 +4,7 @@
 // the plan and prints a table of the steps.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -130,9 +131,18 @@ absl::Status Calibrate(const std::string& data_path, const std::string& out_path
   if (!model.ok()) return model.status();
   // A copy: the model is released before the search.
   const ModelConfig config = (*model)->config();
-  if (s.window < 8 || s.window > config.MaxContext()) {
+  // The pass keeps every layer's [heads, window, window] probabilities and compares layer pairs:
+  // memory and time grow with the window's square.
+  constexpr int kMaxWindow = 1024;
+  const int max_window = std::min(kMaxWindow, config.MaxContext());
+  if (s.window < 8 || s.window > max_window) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("--window %d is outside [8, %d]", s.window, config.MaxContext()));
+        absl::StrFormat("--window %d is outside [8, %d]", s.window, max_window));
+  }
+  if (absl::GetFlag(FLAGS_calibration_windows) < 1 ||
+      absl::GetFlag(FLAGS_candidates_per_kind) < 1 || absl::GetFlag(FLAGS_heldout_tokens) < 1) {
+    return absl::InvalidArgumentError(
+        "--calibration-windows, --candidates-per-kind and --heldout-tokens must be >= 1");
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(s.model_path);
   if (!tokenizer.ok()) return tokenizer.status();

@@ -92,6 +92,16 @@ TEST(CalibrateCliTest, BadInputGetsAClearErrorAndNonZeroExit) {
   r = RunKvfold({"calibrate", "--model", Model(), "--data", TempPath("absent.txt"), "--out", plan});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("cannot read"));
+  args = SmallRun(plan, "2%");
+  args.push_back("--calibration-windows=0");
+  r = RunKvfold(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--calibration-windows"));
+  args = SmallRun(plan, "2%");
+  args.push_back("--window=4096");
+  r = RunKvfold(args);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--window 4096 is outside"));
   const std::string tiny = TempPath("tiny.txt");
   std::ofstream(tiny) << "Once upon a time.";
   r = RunKvfold({"calibrate", "--model", Model(), "--data", tiny, "--out", plan});

@@ -9,6 +9,7 @@
 #include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/attention_plan.h"
+#include "worker/model_loader.h"
 
 namespace kvfold {
 namespace {
@@ -99,6 +100,19 @@ TEST_F(CalibrationPassTest, ClustersStayInsideTensorParallelShards) {
 
 TEST_F(CalibrationPassTest, NoWindowsIsAnError) {
   EXPECT_FALSE(GatherCalibrationStats(*model_, *ops_, {}, {}).ok());
+}
+
+TEST_F(CalibrationPassTest, AFoldedModelIsRefused) {
+  absl::StatusOr<std::unique_ptr<WeightSource>> weights =
+      OpenWeights(SourcePath("models/stories260K"));
+  ASSERT_TRUE(weights.ok());
+  AttentionPlan plan = FullAttentionPlan((*weights)->config());
+  plan.layers[2].mode = AttentionMode::kDrop;
+  absl::StatusOr<std::unique_ptr<LlamaModel>> folded =
+      LlamaModel::Load(*std::move(weights), *ops_, plan);
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  const absl::Status s = GatherCalibrationStats(**folded, *ops_, Windows(1, 24), {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
 }
 
 }  // namespace

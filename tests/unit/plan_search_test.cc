@@ -130,6 +130,23 @@ TEST(PlanSearchTest, SharesOnlyFromFullLayersAndNeverTheEdges) {
   }
 }
 
+TEST(PlanSearchTest, ARoundWithEveryCandidateRejectedIsNotTheEnd) {
+  const ModelConfig config = SixLayers();
+  CostModel model;
+  // One candidate per kind per round; the best drop (layer 3) and every share and cluster break
+  // the tolerance, the next drop (layer 4) does not: it is only offered in the second round.
+  model.cost = {{"drop 3", 0.5}, {"drop 4", 0.001}};
+  PlanSearchOptions options;
+  options.candidates_per_kind = 1;
+  options.max_rejections = 10;
+  auto loss = [&](const AttentionPlan& p) -> absl::StatusOr<double> { return model.Loss(p); };
+  absl::StatusOr<PlanSearchResult> result =
+      SearchAttentionPlan(config, Stats(), loss, loss, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->plan.layers[4].mode, AttentionMode::kDrop);
+  EXPECT_EQ(result->plan.layers[3].mode, AttentionMode::kFull);
+}
+
 TEST(PlanSearchTest, LossErrorsPropagate) {
   auto failing = [](const AttentionPlan&) -> absl::StatusOr<double> {
     return absl::InternalError("model failed");
