@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/cli/command.h"
 #include "tests/testing/cli_runner.h"
 #include "tests/testing/paths.h"
 
@@ -26,15 +27,6 @@ using ::testing::StartsWith;
 // The bundled model; tests that check its text or sizes name it (the default is SmolLM2 when
 // ~/.cache/kvfold has it).
 std::string Stories() { return testing::SourcePath("models/stories260K"); }
-
-std::string DefaultGguf() {
-  const char* cache = std::getenv("KVFOLD_CACHE_DIR");
-  const char* home = std::getenv("HOME");
-  const std::string dir = cache != nullptr && *cache != '\0'
-                              ? std::string(cache)
-                              : std::string(home ? home : "") + "/.cache/kvfold";
-  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 TEST(GenerateCliTest, HelpListsCommandsAndFlags) {
   CliResult top = RunKvfold({"--help"});
@@ -214,7 +206,7 @@ TEST(GenerateCliTest, CorruptWeightsAreReportedNotCrashed) {
 
 // With no --model, the default model (SmolLM2, Q4_1 GGUF) answers in English.
 TEST(GenerateCliTest, DefaultModelIsSmolLm2AndAnswers) {
-  const std::string gguf = DefaultGguf();
+  const std::string gguf = cli::DefaultModelFile();
   if (!std::filesystem::exists(gguf)) GTEST_SKIP() << gguf << " is absent (scripts/setup.sh)";
   CliResult r =
       RunKvfold({"generate", "--prompt", "The capital of France is", "--max-tokens", "20"});

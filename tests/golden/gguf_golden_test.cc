@@ -32,6 +32,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "server/cli/command.h"
 #include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "worker/llama_model.h"
@@ -94,17 +95,8 @@ TEST(GgufGoldenTest, Llama3RopeFreqsFileMatchesTransformers) {
   CompareAllPositions("tests/fixtures/gguf/tiny-llama3.f32.gguf", 2e-5f, 5e-5f, "tiny-llama3");
 }
 
-std::string DefaultGguf() {
-  const char* cache = std::getenv("KVFOLD_CACHE_DIR");
-  const std::string dir =
-      cache != nullptr && *cache != '\0'
-          ? std::string(cache)
-          : std::string(std::getenv("HOME") ? std::getenv("HOME") : "") + "/.cache/kvfold";
-  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
 TEST(GgufGoldenTest, DefaultModelMatchesTransformers) {
-  const std::string path = DefaultGguf();
+  const std::string path = cli::DefaultModelFile();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent (scripts/setup.sh)";
   auto golden =
       SafetensorsFile::Open(testing::SourcePath("tests/fixtures/golden/smollm2-q4_1.safetensors"));

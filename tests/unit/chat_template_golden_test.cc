@@ -13,6 +13,7 @@
 
 #include "nlohmann/json.hpp"
 #include "server/chat/chat_template.h"
+#include "server/cli/command.h"
 #include "tests/testing/paths.h"
 #include "worker/gguf_metadata.h"
 
@@ -30,15 +31,6 @@ std::string ReadFile(const std::string& path) {
 }
 
 Json ReadJson(const std::string& path) { return Json::parse(ReadFile(path)); }
-
-std::string DefaultGguf() {
-  const char* cache = std::getenv("KVFOLD_CACHE_DIR");
-  const std::string dir =
-      cache != nullptr && *cache != '\0'
-          ? std::string(cache)
-          : std::string(std::getenv("HOME") ? std::getenv("HOME") : "") + "/.cache/kvfold";
-  return dir + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 // Renders `source` over every conversation and compares with expected.json's `name` entry.
 void CheckTemplate(const std::string& name, const std::string& source) {
@@ -104,7 +96,7 @@ TEST(ChatTemplateGoldenTest, Mistral) {
 }
 
 TEST(ChatTemplateGoldenTest, SmolLM2FromGguf) {
-  const std::string path = DefaultGguf();
+  const std::string path = cli::DefaultModelFile();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent; skipped";
   auto file = GgufFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
