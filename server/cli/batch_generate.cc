@@ -5,6 +5,7 @@
 #include <deque>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -21,9 +22,7 @@
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/prompts_file.h"
-#include "server/output/text_output.h"
-#include "worker/kv_cache.h"
-#include "worker/model_executor.h"
+#include "server/serving/serving_engine.h"
 
 namespace kvfold::cli {
 namespace {
@@ -32,66 +31,42 @@ using Clock = std::chrono::steady_clock;
 
 double Millis(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-// Engine callbacks run on the engine thread and must be short: they only hand the delta over.
+// Deltas arrive on the engine thread; the main thread applies them in arrival order.
+struct IndexedDelta {
+  size_t entry = 0;
+  serving::GenerationDelta delta;
+};
+
 class DeltaQueue {
  public:
-  void Push(const RequestOutput& o) {
+  void Push(IndexedDelta d) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      deltas_.push_back(o);
+      deltas_.push_back(std::move(d));
     }
     ready_.notify_one();
   }
-  RequestOutput Pop() {
+  IndexedDelta Pop() {
     std::unique_lock<std::mutex> lock(mu_);
     ready_.wait(lock, [this] { return !deltas_.empty(); });
-    RequestOutput o = std::move(deltas_.front());
+    IndexedDelta d = std::move(deltas_.front());
     deltas_.pop_front();
-    return o;
+    return d;
   }
 
  private:
   std::mutex mu_;
   std::condition_variable ready_;
-  std::deque<RequestOutput> deltas_;
+  std::deque<IndexedDelta> deltas_;
 };
 
 // One non-blank line of the file and what has become of it.
 struct Entry {
   LineResult result;
-  std::unique_ptr<TextOutput> output;  // set while the request runs
   Clock::time_point submitted;
   bool got_first_token = false;
   bool done = false;
 };
-
-// The KV pool and engine settings, all from flags, checked before anything runs.
-struct EngineSetup {
-  CacheConfig cache;
-  SchedulerConfig scheduler;
-  size_t bytes_per_token = 0;
-  int32_t num_blocks = 0;
-};
-
-absl::StatusOr<EngineSetup> MakeSetup(const ModelConfig& model, const AttentionPlan& plan) {
-  EngineSetup s;
-  absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
-  if (!cache.ok()) return cache.status();
-  s.cache = *cache;
-  absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model);
-  if (!scheduler.ok()) return scheduler.status();
-  s.scheduler = *scheduler;
-  s.bytes_per_token = KvCache::BytesPerToken(model, plan, s.cache.kv_dtype);
-  if (s.bytes_per_token == 0) {
-    return absl::InvalidArgumentError(
-        "the attention plan stores no K/V in any layer, so the KV pool has no size");
-  }
-  absl::StatusOr<int32_t> blocks =
-      NumKvBlocks(s.cache, s.bytes_per_token, s.scheduler.max_model_len);
-  if (!blocks.ok()) return blocks.status();
-  s.num_blocks = *blocks;
-  return s;
-}
 
 // The file's non-blank lines, numbered from 1 as in the file.
 absl::StatusOr<std::vector<Entry>> ReadEntries(const std::string& path,
@@ -110,8 +85,9 @@ absl::StatusOr<std::vector<Entry>> ReadEntries(const std::string& path,
 }
 
 // Parses, tokenizes and submits one line; on failure records the error instead.
-void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defaults,
-                const Tokenizer& tokenizer, Engine& engine, DeltaQueue& queue, Entry& entry) {
+void SubmitLine(const std::string& line, size_t index, const LineDefaults& defaults,
+                const Tokenizer& tokenizer, serving::ServingEngine& engine, DeltaQueue& queue,
+                Entry& entry) {
   auto fail = [&entry](absl::string_view message) {
     entry.result.error = std::string(message);
     entry.done = true;
@@ -120,56 +96,39 @@ void SubmitLine(const std::string& line, RequestId id, const LineDefaults& defau
   if (!parsed.ok()) return fail(parsed.status().message());
   absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(parsed->prompt, true);
   if (!ids.ok()) return fail(ids.status().message());
-  Request request;
-  request.id = id;
+  serving::GenerationRequest request;
   request.prompt_token_ids = *ids;
   request.max_tokens = parsed->max_tokens.value_or(defaults.max_tokens);
   request.sampling = api::ToSamplingParams(*parsed, defaults.sampling);
+  request.stop = std::move(parsed->stop);
   request.stop_token_ids = parsed->stop_token_ids;
   request.ignore_eos = parsed->ignore_eos.value_or(false);
-  entry.output = std::make_unique<TextOutput>(tokenizer, *ids, std::move(parsed->stop));
   entry.result.usage.prompt_tokens = static_cast<int32_t>(ids->size());
   entry.submitted = Clock::now();
-  absl::Status s =
-      engine.Submit(std::move(request), [&queue](const RequestOutput& o) { queue.Push(o); });
-  if (!s.ok()) fail(s.message());
+  absl::StatusOr<RequestId> id =
+      engine.Submit(std::move(request), [&queue, index](serving::GenerationDelta d) {
+        queue.Push({index, std::move(d)});
+      });
+  if (!id.ok()) fail(id.status().message());
 }
 
-// Applies one delta; aborts the request when a stop string appears. Returns true when the
-// request has finished.
-bool ApplyDelta(const RequestOutput& o, Engine& engine, Entry& e) {
-  if (!o.token_ids.empty() && !e.got_first_token) {
+// Applies one delta. Returns true when the request has finished.
+bool ApplyDelta(serving::GenerationDelta& d, Entry& e) {
+  if (!d.token_ids.empty() && !e.got_first_token) {
     e.result.ttft_ms = Millis(Clock::now() - e.submitted);
     e.got_first_token = true;
   }
-  e.result.logprobs.insert(e.result.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
-  for (int32_t id : o.token_ids) {
-    if (e.output->stopped() || !e.result.error.empty()) break;
-    absl::StatusOr<bool> stopped = e.output->Push(id);
-    if (!stopped.ok()) {
-      e.result.error = std::string(stopped.status().message());
-      e.result.error_type = "server_error";
-    }
-    if (!stopped.ok() || *stopped) engine.Abort(o.id);
-  }
-  if (!o.finish_reason.has_value()) return false;
-  if (!e.output->stopped() && e.result.error.empty()) {
-    if (absl::Status s = e.output->Finish(); !s.ok()) e.result.error = std::string(s.message());
-  }
-  if (*o.finish_reason == FinishReason::kError && !e.output->stopped()) {
-    e.result.error = o.error.empty() ? "the engine failed" : o.error;
+  e.result.text += d.text;
+  e.result.token_ids.insert(e.result.token_ids.end(), d.token_ids.begin(), d.token_ids.end());
+  e.result.logprobs.insert(e.result.logprobs.end(), d.logprobs.begin(), d.logprobs.end());
+  if (!d.finish_reason.has_value()) return false;
+  if (*d.finish_reason == "error") {
+    e.result.error = d.error.empty() ? "the engine failed" : d.error;
     e.result.error_type = "server_error";
   }
-  e.result.finish_reason = e.output->stopped() ? "stop" : FinishReasonName(*o.finish_reason);
-  e.result.text = e.output->text();
-  e.result.token_ids = e.output->token_ids();
-  if (e.result.logprobs.size() > e.result.token_ids.size()) {  // a stop string cut the tokens
-    e.result.logprobs.resize(e.result.token_ids.size());
-  }
-  e.result.usage = o.usage;
-  e.result.usage.completion_tokens = static_cast<int32_t>(e.result.token_ids.size());
+  e.result.finish_reason = *d.finish_reason;
+  e.result.usage = d.usage;
   e.result.latency_ms = Millis(Clock::now() - e.submitted);
-  e.output.reset();
   e.done = true;
   return true;
 }
@@ -184,8 +143,8 @@ void PrintReady(const std::vector<Entry>& entries, size_t& next) {
   if (printed) std::cout << std::flush;
 }
 
-void PrintSummary(const std::vector<Entry>& entries, const EngineSetup& setup,
-                  const EngineStats& stats, Clock::duration elapsed) {
+void PrintSummary(const std::vector<Entry>& entries, const serving::PoolInfo& pool,
+                  int32_t max_model_len, const EngineStats& stats, Clock::duration elapsed) {
   int64_t failed = 0, output_tokens = 0, prompt_tokens = 0;
   double ttft_sum = 0;
   for (const Entry& e : entries) {
@@ -199,7 +158,7 @@ void PrintSummary(const std::vector<Entry>& entries, const EngineSetup& setup,
   }
   const double seconds = Millis(elapsed) / 1e3;
   const int64_t ok = static_cast<int64_t>(entries.size()) - failed;
-  const int64_t pool_tokens = int64_t{setup.num_blocks} * setup.cache.block_size;
+  const int64_t pool_tokens = int64_t{pool.num_blocks} * pool.block_size;
   std::cerr << absl::StrFormat(
       "generate: %d requests (%d failed) in %.3f s: %d prompt + %d output tokens, %.1f output "
       "tokens/s, %.2f requests/s, mean time to first token %.1f ms\n",
@@ -208,53 +167,52 @@ void PrintSummary(const std::vector<Entry>& entries, const EngineSetup& setup,
   std::cerr << absl::StrFormat(
       "kv pool: %d blocks x %d tokens (%s, %d bytes/token, %d bytes) = %d tokens, %d sequences "
       "of %d tokens; %d steps, %d preemptions, prefix cache %d/%d tokens hit\n",
-      setup.num_blocks, setup.cache.block_size, DTypeName(setup.cache.kv_dtype),
-      setup.bytes_per_token, pool_tokens * static_cast<int64_t>(setup.bytes_per_token), pool_tokens,
-      pool_tokens / setup.scheduler.max_model_len, setup.scheduler.max_model_len, stats.num_steps,
-      stats.num_preemptions, stats.prefix_cache_hits, stats.prefix_cache_queries);
+      pool.num_blocks, pool.block_size, DTypeName(pool.kv_dtype), pool.bytes_per_token,
+      pool_tokens * static_cast<int64_t>(pool.bytes_per_token), pool_tokens,
+      pool_tokens / max_model_len, max_model_len, stats.num_steps, stats.num_preemptions,
+      stats.prefix_cache_hits, stats.prefix_cache_queries);
 }
 
 }  // namespace
 
 int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, const std::string& path,
                    const LineDefaults& defaults) {
-  absl::StatusOr<EngineSetup> setup = MakeSetup(model.config(), model.plan());
-  if (!setup.ok()) {
-    std::cerr << "kvfold generate: " << setup.status().message() << "\n";
+  auto fail = [](const absl::Status& s) {
+    std::cerr << "kvfold generate: " << s.message() << "\n";
     return 1;
-  }
+  };
+  absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
+  if (!cache.ok()) return fail(cache.status());
+  absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model.config());
+  if (!scheduler.ok()) return fail(scheduler.status());
   std::vector<std::string> lines;
   absl::StatusOr<std::vector<Entry>> read = ReadEntries(path, lines);
-  if (!read.ok()) {
-    std::cerr << "kvfold generate: " << read.status().message() << "\n";
-    return 1;
-  }
+  if (!read.ok()) return fail(read.status());
   std::vector<Entry>& entries = *read;
-  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
-                            setup->cache.kv_dtype, setup->num_blocks, setup->cache.block_size,
-                            setup->scheduler.max_model_len, setup->cache.memory_bytes)
-            << "\n";
-  KvCache cache(ops, model.kv_layer_shapes(), setup->num_blocks, setup->cache.block_size,
-                setup->cache.kv_dtype);
-  ModelExecutor executor(model, cache);
   DeltaQueue queue;  // outlives the engine, whose callbacks push into it
+  absl::StatusOr<std::unique_ptr<serving::ServingEngine>> engine =
+      serving::ServingEngine::Create(model, ops, tokenizer, *cache, *scheduler,
+                                     {.max_queued_requests = std::numeric_limits<int32_t>::max()});
+  if (!engine.ok()) return fail(engine.status());
+  const serving::PoolInfo& pool = (*engine)->pool();
+  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
+                            pool.kv_dtype, pool.num_blocks, pool.block_size,
+                            scheduler->max_model_len, pool.memory_bytes)
+            << "\n";
   const Clock::time_point start = Clock::now();
-  // Blocks cached under one attention plan are never reused under another.
-  Engine engine(setup->scheduler, setup->num_blocks, setup->cache.block_size,
-                model.plan().cache_salt(), executor);
   size_t live = 0, next_to_print = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
-    SubmitLine(lines[i], i, defaults, tokenizer, engine, queue, entries[i]);
+    SubmitLine(lines[i], i, defaults, tokenizer, **engine, queue, entries[i]);
     if (!entries[i].done) ++live;
   }
   while (live > 0) {
-    const RequestOutput o = queue.Pop();
-    CHECK_LT(o.id, entries.size()) << "a delta for an unknown request";
-    if (ApplyDelta(o, engine, entries[o.id])) --live;
+    IndexedDelta d = queue.Pop();
+    CHECK_LT(d.entry, entries.size()) << "a delta for an unknown line";
+    if (ApplyDelta(d.delta, entries[d.entry])) --live;
     PrintReady(entries, next_to_print);
   }
   PrintReady(entries, next_to_print);
-  PrintSummary(entries, *setup, engine.Stats(), Clock::now() - start);
+  PrintSummary(entries, pool, scheduler->max_model_len, (*engine)->Stats(), Clock::now() - start);
   return 0;
 }
 

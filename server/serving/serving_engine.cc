@@ -1,0 +1,262 @@
+#include "server/serving/serving_engine.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "server/output/text_output.h"
+#include "worker/kv_cache.h"
+#include "worker/model_executor.h"
+
+namespace kvfold::serving {
+
+// One live generation's text side. Touched only by the engine thread once submitted.
+struct ServingEngine::Stream {
+  Stream(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt,
+         std::vector<std::string> stop, DeltaCallback on_delta)
+      : output(tokenizer, prompt, std::move(stop)), on_delta(std::move(on_delta)) {}
+
+  TextOutput output;
+  DeltaCallback on_delta;
+  size_t text_sent = 0;  // bytes of output.text() already delivered
+  bool started = false;  // has had an output (counts as queued until then)
+  std::string error;     // a detokenizer failure: the generation ends with "error"
+};
+
+struct ServingEngine::State {
+  State(Ops& ops, LlamaModel& model, const PoolInfo& pool)
+      : cache(ops, model.kv_layer_shapes(), pool.num_blocks, pool.block_size, pool.kv_dtype),
+        executor(model, cache) {}
+
+  KvCache cache;
+  ModelExecutor executor;
+  std::unique_ptr<Engine> engine;  // reset first on destruction: its callbacks use the rest
+
+  std::atomic<RequestId> next_id{1};
+  mutable std::mutex mu;
+  std::condition_variable idle;
+  absl::flat_hash_map<RequestId, std::shared_ptr<Stream>> streams;  // guarded by mu
+  int32_t num_queued = 0;                                           // guarded by mu
+  bool draining = false;                                            // guarded by mu
+  // Progress watch for Ready(): the last step count seen and when it last changed.
+  mutable int64_t seen_steps = -1;   // guarded by mu
+  mutable absl::Time seen_steps_at;  // guarded by mu
+};
+
+absl::StatusOr<std::unique_ptr<ServingEngine>> ServingEngine::Create(
+    LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, const CacheConfig& cache,
+    const SchedulerConfig& scheduler, ServingOptions options) {
+  if (absl::Status s = cache.Validate(); !s.ok()) return s;
+  if (absl::Status s = scheduler.Validate(); !s.ok()) return s;
+  PoolInfo pool;
+  pool.block_size = cache.block_size;
+  pool.kv_dtype = cache.kv_dtype;
+  pool.memory_bytes = cache.memory_bytes;
+  pool.bytes_per_token = KvCache::BytesPerToken(model.config(), model.plan(), cache.kv_dtype);
+  pool.unfolded_bytes_per_token = KvCache::BytesPerToken(model.config(), cache.kv_dtype);
+  if (pool.bytes_per_token == 0) {
+    return absl::InvalidArgumentError(
+        "the attention plan stores no K/V in any layer, so the KV pool has no size");
+  }
+  absl::StatusOr<int32_t> blocks =
+      NumKvBlocks(cache, pool.bytes_per_token, scheduler.max_model_len);
+  if (!blocks.ok()) return blocks.status();
+  pool.num_blocks = *blocks;
+  return std::unique_ptr<ServingEngine>(
+      new ServingEngine(model, ops, tokenizer, pool, scheduler, options));
+}
+
+ServingEngine::ServingEngine(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, PoolInfo pool,
+                             const SchedulerConfig& scheduler, ServingOptions options)
+    : tokenizer_(tokenizer),
+      vocab_size_(model.config().vocab_size),
+      pool_(pool),
+      scheduler_config_(scheduler),
+      options_(options),
+      state_(std::make_unique<State>(ops, model, pool)) {
+  // Blocks cached under one attention plan are never reused under another.
+  state_->engine = std::make_unique<Engine>(scheduler, pool.num_blocks, pool.block_size,
+                                            model.plan().cache_salt(), state_->executor);
+}
+
+ServingEngine::~ServingEngine() { state_->engine.reset(); }
+
+absl::StatusOr<RequestId> ServingEngine::Submit(GenerationRequest request, DeltaCallback on_delta) {
+  if (!on_delta) return absl::InvalidArgumentError("no delta callback");
+  // Checked here, not per step: one bad id in a batch would fail every request in the step.
+  for (size_t i = 0; i < request.prompt_token_ids.size(); ++i) {
+    const int32_t token = request.prompt_token_ids[i];
+    if (token < 0 || token >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt token ", i, " is ", token, ", outside the vocabulary [0, ", vocab_size_, ")"));
+    }
+  }
+  const RequestId id = state_->next_id.fetch_add(1);
+  auto stream = std::make_shared<Stream>(tokenizer_, request.prompt_token_ids,
+                                         std::move(request.stop), std::move(on_delta));
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->draining) return absl::UnavailableError("the server is shutting down");
+    if (state_->num_queued >= options_.max_queued_requests) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the waiting queue is full (", options_.max_queued_requests, " requests); retry later"));
+    }
+    // A stall is measured from the first work after an idle spell, not from before it.
+    if (state_->streams.empty()) state_->seen_steps_at = absl::Now();
+    // Registered before the engine sees it: its first output may come at once.
+    state_->streams.emplace(id, stream);
+    ++state_->num_queued;
+  }
+  Request engine_request;
+  engine_request.id = id;
+  engine_request.prompt_token_ids = std::move(request.prompt_token_ids);
+  engine_request.sampling = std::move(request.sampling);
+  engine_request.max_tokens = request.max_tokens;
+  engine_request.stop_token_ids = std::move(request.stop_token_ids);
+  engine_request.ignore_eos = request.ignore_eos;
+  absl::Status submitted = state_->engine->Submit(std::move(engine_request),
+                                                  [this](const RequestOutput& o) { OnOutput(o); });
+  if (!submitted.ok()) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->streams.erase(id);
+    --state_->num_queued;
+    state_->idle.notify_all();
+    return submitted;
+  }
+  return id;
+}
+
+void ServingEngine::OnOutput(const RequestOutput& o) {
+  std::shared_ptr<Stream> stream;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    auto it = state_->streams.find(o.id);
+    CHECK(it != state_->streams.end()) << "output for unknown generation " << o.id;
+    stream = it->second;
+    if (!stream->started) {
+      stream->started = true;
+      --state_->num_queued;
+    }
+  }
+  Stream& s = *stream;
+  GenerationDelta delta;
+  for (size_t i = 0; i < o.token_ids.size(); ++i) {
+    if (s.output.stopped() || !s.error.empty()) break;
+    absl::StatusOr<bool> stopped = s.output.Push(o.token_ids[i]);
+    if (!stopped.ok()) {
+      s.error = std::string(stopped.status().message());
+      state_->engine->Abort(o.id);
+      break;
+    }
+    delta.token_ids.push_back(o.token_ids[i]);
+    if (i < o.logprobs.size()) delta.logprobs.push_back(o.logprobs[i]);
+    if (*stopped) state_->engine->Abort(o.id);
+  }
+  const bool last = o.finish_reason.has_value();
+  if (last) {
+    if (!s.output.stopped() && s.error.empty()) {
+      if (absl::Status f = s.output.Finish(); !f.ok()) s.error = std::string(f.message());
+    }
+    if (!s.error.empty()) {
+      delta.finish_reason = "error";
+      delta.error = s.error;
+    } else if (s.output.stopped()) {
+      delta.finish_reason = "stop";
+    } else {
+      delta.finish_reason = FinishReasonName(*o.finish_reason);
+      if (*o.finish_reason == FinishReason::kError) {
+        delta.error = o.error.empty() ? "the engine failed" : o.error;
+      }
+    }
+    delta.usage = o.usage;
+    delta.usage.completion_tokens = static_cast<int32_t>(s.output.token_ids().size());
+  }
+  const size_t releasable = last ? s.output.text().size() : s.output.stable_size();
+  if (releasable > s.text_sent) {
+    delta.text = s.output.text().substr(s.text_sent, releasable - s.text_sent);
+    s.text_sent = releasable;
+  }
+  if (!last) {
+    if (!delta.token_ids.empty() || !delta.text.empty()) s.on_delta(std::move(delta));
+    return;
+  }
+  DeltaCallback on_delta = std::move(s.on_delta);
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->streams.erase(o.id);
+  }
+  on_delta(std::move(delta));
+  state_->idle.notify_all();
+}
+
+void ServingEngine::Abort(RequestId id) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->streams.contains(id)) return;
+  }
+  state_->engine->Abort(id);
+}
+
+void ServingEngine::StartDrain() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->draining = true;
+}
+
+bool ServingEngine::draining() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->draining;
+}
+
+bool ServingEngine::WaitIdle(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->idle.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                               [this] { return state_->streams.empty(); });
+}
+
+void ServingEngine::AbortAll() {
+  std::vector<RequestId> ids;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    for (const auto& [id, stream] : state_->streams) ids.push_back(id);
+  }
+  for (RequestId id : ids) state_->engine->Abort(id);
+}
+
+bool ServingEngine::Ready() const {
+  const EngineStats stats = state_->engine->Stats();
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->draining) return false;
+  if (stats.num_steps != state_->seen_steps || state_->streams.empty()) {
+    state_->seen_steps = stats.num_steps;
+    state_->seen_steps_at = now;
+    return true;
+  }
+  return now - state_->seen_steps_at < options_.stall_timeout;
+}
+
+EngineStats ServingEngine::Stats() const { return state_->engine->Stats(); }
+
+int32_t ServingEngine::num_live() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return static_cast<int32_t>(state_->streams.size());
+}
+
+int32_t ServingEngine::num_queued() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->num_queued;
+}
+
+uint64_t RandomSeed() {
+  static std::mutex mu;
+  static std::mt19937_64 generator{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  return generator();
+}
+
+}  // namespace kvfold::serving
