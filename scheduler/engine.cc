@@ -1,5 +1,6 @@
 #include "scheduler/engine.h"
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -50,8 +51,11 @@ absl::Status CheckResult(const StepPlan& plan, const StepResult& result) {
 // Submit and Abort.
 struct Engine::Impl {
   Impl(const SchedulerConfig& config, int32_t num_blocks, int32_t block_size, uint64_t salt,
-       Executor& executor)
-      : executor(executor), blocks(num_blocks, block_size, salt), scheduler(config, blocks) {}
+       Executor& executor, StepObserver on_step)
+      : executor(executor),
+        on_step(std::move(on_step)),
+        blocks(num_blocks, block_size, salt),
+        scheduler(config, blocks) {}
 
   void Loop();
   void Apply(std::vector<InboxItem>& items);
@@ -61,9 +65,11 @@ struct Engine::Impl {
   void PublishStats();
 
   Executor& executor;
+  StepObserver on_step;
   BlockManager blocks;
   Scheduler scheduler;
   absl::flat_hash_map<RequestId, OutputCallback> callbacks;
+  absl::flat_hash_set<RequestId> never_scheduled;  // for StepInfo::first_scheduled
   int64_t num_steps = 0;
 
   mutable std::mutex mu;
@@ -106,6 +112,7 @@ void Engine::Impl::Apply(std::vector<InboxItem>& items) {
     const absl::Status added = scheduler.Add(std::move(submission.request));
     CHECK(added.ok()) << "request " << id << ": " << added;
     callbacks.emplace(id, std::move(submission.on_output));
+    if (on_step) never_scheduled.insert(id);
   }
 }
 
@@ -115,7 +122,21 @@ void Engine::Impl::Step() {
   if (plan.chunks.empty()) {  // only aborts to report
     outputs = scheduler.Update(plan, StepResult{});
   } else {
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<StepResult> result = executor.Execute(plan);
+    if (on_step) {
+      StepInfo info;
+      info.num_tokens = plan.num_tokens();
+      info.num_sequences = static_cast<int32_t>(plan.chunks.size());
+      info.seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      for (const ScheduledChunk& chunk : plan.chunks) {
+        if (never_scheduled.erase(chunk.request_id) > 0) {
+          info.first_scheduled.push_back(chunk.request_id);
+        }
+      }
+      on_step(info);
+    }
     const absl::Status status = result.ok() ? CheckResult(plan, *result) : result.status();
     if (status.ok()) {
       outputs = scheduler.Update(plan, *result);
@@ -141,6 +162,7 @@ void Engine::Impl::Deliver(std::vector<RequestOutput>& outputs) {
     // Release the id before the last callback, so the callback may reuse it.
     OutputCallback on_output = std::move(it->second);
     callbacks.erase(it);
+    never_scheduled.erase(out.id);
     {
       std::lock_guard<std::mutex> lock(mu);
       live_ids.erase(out.id);
@@ -170,9 +192,9 @@ void Engine::Impl::PublishStats() {
 }
 
 Engine::Engine(const SchedulerConfig& scheduler_config, int32_t num_blocks, int32_t block_size,
-               uint64_t cache_salt, Executor& executor)
-    : impl_(
-          std::make_unique<Impl>(scheduler_config, num_blocks, block_size, cache_salt, executor)) {
+               uint64_t cache_salt, Executor& executor, StepObserver on_step)
+    : impl_(std::make_unique<Impl>(scheduler_config, num_blocks, block_size, cache_salt, executor,
+                                   std::move(on_step))) {
   impl_->PublishStats();
   impl_->thread = std::thread([impl = impl_.get()] { impl->Loop(); });
 }

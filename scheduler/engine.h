@@ -25,13 +25,24 @@ struct EngineStats {
   int64_t prefix_cache_hits = 0;     // tokens
 };
 
+// What one engine step did, for metrics.
+struct StepInfo {
+  int32_t num_tokens = 0;                  // prefill and decode tokens computed
+  int32_t num_sequences = 0;               // chunks in the step
+  std::vector<RequestId> first_scheduled;  // requests scheduled for the first time
+  double seconds = 0;                      // Execute's wall time
+};
+
 class Engine {
  public:
   using OutputCallback = std::function<void(const RequestOutput&)>;
+  // Runs on the loop thread after each step that ran chunks, before that step's outputs are
+  // delivered; keep it short.
+  using StepObserver = std::function<void(const StepInfo&)>;
 
   // `executor` must outlive the engine. The loop starts at once.
   Engine(const SchedulerConfig& scheduler_config, int32_t num_blocks, int32_t block_size,
-         uint64_t cache_salt, Executor& executor);
+         uint64_t cache_salt, Executor& executor, StepObserver on_step = nullptr);
   // Stops the loop; live requests end with kAbort.
   ~Engine();
 

@@ -26,6 +26,11 @@ struct ServingEngine::Stream {
   size_t text_sent = 0;  // bytes of output.text() already delivered
   bool started = false;  // has had an output (counts as queued until then)
   std::string error;     // a detokenizer failure: the generation ends with "error"
+  // For metrics: seconds since `submitted` (negative: not yet).
+  absl::Time submitted = absl::Now();
+  double first_scheduled = -1;
+  double first_token = -1;
+  double last_token = -1;
 };
 
 struct ServingEngine::State {
@@ -38,6 +43,7 @@ struct ServingEngine::State {
   std::unique_ptr<Engine> engine;  // reset first on destruction: its callbacks use the rest
 
   std::atomic<RequestId> next_id{1};
+  std::atomic<metrics::ServingMetrics*> metrics{nullptr};
   mutable std::mutex mu;
   std::condition_variable idle;
   absl::flat_hash_map<RequestId, std::shared_ptr<Stream>> streams;  // guarded by mu
@@ -81,7 +87,8 @@ ServingEngine::ServingEngine(LlamaModel& model, Ops& ops, const Tokenizer& token
       state_(std::make_unique<State>(ops, model, pool)) {
   // Blocks cached under one attention plan are never reused under another.
   state_->engine = std::make_unique<Engine>(scheduler, pool.num_blocks, pool.block_size,
-                                            model.plan().cache_salt(), state_->executor);
+                                            model.plan().cache_salt(), state_->executor,
+                                            [this](const StepInfo& step) { OnStep(step); });
 }
 
 ServingEngine::~ServingEngine() { state_->engine.reset(); }
@@ -131,6 +138,20 @@ absl::StatusOr<RequestId> ServingEngine::Submit(GenerationRequest request, Delta
   return id;
 }
 
+void ServingEngine::OnStep(const StepInfo& step) {
+  metrics::ServingMetrics* m = state_->metrics.load(std::memory_order_acquire);
+  if (m != nullptr) m->OnStep(step);
+  if (step.first_scheduled.empty()) return;
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  for (RequestId id : step.first_scheduled) {
+    auto it = state_->streams.find(id);
+    if (it != state_->streams.end()) {
+      it->second->first_scheduled = absl::ToDoubleSeconds(now - it->second->submitted);
+    }
+  }
+}
+
 void ServingEngine::OnOutput(const RequestOutput& o) {
   std::shared_ptr<Stream> stream;
   {
@@ -157,7 +178,17 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
     if (i < o.logprobs.size()) delta.logprobs.push_back(o.logprobs[i]);
     if (*stopped) state_->engine->Abort(o.id);
   }
+  metrics::ServingMetrics* m = state_->metrics.load(std::memory_order_acquire);
   const bool last = o.finish_reason.has_value();
+  if (!delta.token_ids.empty()) {
+    const double now = absl::ToDoubleSeconds(absl::Now() - s.submitted);
+    if (m != nullptr) {
+      m->OnTokens(static_cast<int32_t>(delta.token_ids.size()),
+                  s.first_token < 0 ? -1.0 : now - s.last_token);
+    }
+    if (s.first_token < 0) s.first_token = now;
+    s.last_token = now;
+  }
   if (last) {
     if (!s.output.stopped() && s.error.empty()) {
       if (absl::Status f = s.output.Finish(); !f.ok()) s.error = std::string(f.message());
@@ -185,6 +216,17 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
     if (!delta.token_ids.empty() || !delta.text.empty()) s.on_delta(std::move(delta));
     return;
   }
+  if (m != nullptr) {
+    metrics::GenerationTimeline t;
+    t.first_scheduled = s.first_scheduled;
+    t.first_token = s.first_token;
+    t.last_token = s.last_token;
+    t.finished = absl::ToDoubleSeconds(absl::Now() - s.submitted);
+    t.prompt_tokens = delta.usage.prompt_tokens;
+    t.completion_tokens = delta.usage.completion_tokens;
+    t.finish_reason = *delta.finish_reason;
+    m->OnFinished(t);
+  }
   DeltaCallback on_delta = std::move(s.on_delta);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
@@ -200,6 +242,42 @@ void ServingEngine::Abort(RequestId id) {
     if (!state_->streams.contains(id)) return;
   }
   state_->engine->Abort(id);
+}
+
+void ServingEngine::AttachMetrics(metrics::ServingMetrics* metrics) {
+  state_->metrics.store(metrics, std::memory_order_release);
+}
+
+metrics::StaticInfo ServingEngine::MetricsInfo(const LlamaModel& model) const {
+  metrics::StaticInfo info;
+  const AttentionPlan& plan = model.plan();
+  info.attention_plan = plan.id.empty() ? "none" : plan.id;
+  info.max_model_len = scheduler_config_.max_model_len;
+  info.kv_cache_dtype = std::string(DTypeName(pool_.kv_dtype));
+  info.block_size = pool_.block_size;
+  info.num_blocks = pool_.num_blocks;
+  info.bytes_per_token = pool_.bytes_per_token;
+  info.unfolded_bytes_per_token = pool_.unfolded_bytes_per_token;
+  const int64_t pool_tokens = int64_t{pool_.num_blocks} * pool_.block_size;
+  info.sequence_capacity = pool_tokens / scheduler_config_.max_model_len;
+  // The same budget without the plan.
+  const int64_t unfolded_tokens =
+      pool_.memory_bytes / static_cast<int64_t>(pool_.unfolded_bytes_per_token);
+  info.unfolded_sequence_capacity =
+      unfolded_tokens / pool_.block_size * pool_.block_size / scheduler_config_.max_model_len;
+  for (AttentionMode mode : {AttentionMode::kFull, AttentionMode::kShare, AttentionMode::kCluster,
+                             AttentionMode::kDrop, AttentionMode::kKvFrom}) {
+    int count = 0;
+    if (plan.layers.empty()) {
+      count = mode == AttentionMode::kFull ? model.config().num_layers : 0;
+    } else {
+      for (const LayerPlan& layer : plan.layers) count += layer.mode == mode ? 1 : 0;
+    }
+    info.layers_per_mode.emplace_back(std::string(AttentionModeName(mode)), count);
+  }
+  info.version = KVFOLD_VERSION;
+  info.git_sha = KVFOLD_GIT_SHA;
+  return info;
 }
 
 void ServingEngine::StartDrain() {

@@ -21,6 +21,7 @@
 #include "scheduler/engine.h"
 #include "scheduler/request.h"
 #include "scheduler/scheduler.h"
+#include "server/metrics/serving_metrics.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/cache_config.h"
 #include "worker/llama_model.h"
@@ -99,6 +100,11 @@ class ServingEngine {
   // Aborts every live generation.
   void AbortAll();
 
+  // From now on every step and generation is recorded in `metrics` (which must outlive this).
+  void AttachMetrics(metrics::ServingMetrics* metrics);
+  // What the metrics' static part says about this engine and `model`.
+  metrics::StaticInfo MetricsInfo(const LlamaModel& model) const;
+
   // Not draining, and the engine loop has made progress within stall_timeout whenever there
   // was work.
   bool Ready() const;
@@ -117,6 +123,7 @@ class ServingEngine {
                 const SchedulerConfig& scheduler, ServingOptions options);
   // Engine thread: turns a token-level delta into a text-level one.
   void OnOutput(const RequestOutput& output);
+  void OnStep(const StepInfo& step);
 
   const Tokenizer& tokenizer_;
   const int32_t vocab_size_;

@@ -205,6 +205,51 @@ TEST(EngineTest, ExecutorFailureEndsLiveRequestsAndServingGoesOn) {
   EXPECT_EQ(engine.Stats().num_free_blocks, kNumBlocks);
 }
 
+// The step observer sees every computed token once and each request's first scheduling once,
+// before that request's first output.
+TEST(EngineTest, StepObserverCountsTokensAndFirstSchedulings) {
+  constexpr int32_t kNumBlocks = 64;
+  FakeExecutor executor(kNumBlocks, kBlockSize);
+  Collector collector;
+  std::mutex mu;
+  int64_t tokens = 0;
+  std::map<RequestId, int> first_scheduled;
+  std::atomic<bool> output_before_scheduled{false};
+  {
+    Engine engine(Config(), kNumBlocks, kBlockSize, /*cache_salt=*/0, executor,
+                  [&](const StepInfo& info) {
+                    std::lock_guard<std::mutex> lock(mu);
+                    tokens += info.num_tokens;
+                    EXPECT_GE(info.seconds, 0.0);
+                    EXPECT_GT(info.num_sequences, 0);
+                    for (RequestId id : info.first_scheduled) ++first_scheduled[id];
+                  });
+    for (RequestId id = 1; id <= 5; ++id) {
+      Engine::OutputCallback inner = collector.For(id);
+      ASSERT_TRUE(engine
+                      .Submit(Req(id, {5, 6, 7, static_cast<int32_t>(id)}, 4),
+                              [&, id, inner](const RequestOutput& out) {
+                                {
+                                  std::lock_guard<std::mutex> lock(mu);
+                                  if (!first_scheduled.contains(id)) output_before_scheduled = true;
+                                }
+                                inner(out);
+                              })
+                      .ok());
+    }
+    ASSERT_TRUE(collector.WaitForFinals(5));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_FALSE(output_before_scheduled);
+  ASSERT_EQ(first_scheduled.size(), 5u);
+  for (const auto& [id, count] : first_scheduled) EXPECT_EQ(count, 1) << id;
+  int64_t expected = 0;  // each prompt once, then one token per decode step after the first
+  for (const auto& [id, stream] : collector.streams()) {
+    expected += 4 + static_cast<int64_t>(stream.tokens.size()) - 1;
+  }
+  EXPECT_EQ(tokens, expected);
+}
+
 TEST(EngineTest, DestructorAbortsLiveRequests) {
   constexpr int32_t kNumBlocks = 256;
   FakeExecutor executor(kNumBlocks, kBlockSize);

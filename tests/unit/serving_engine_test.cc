@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -189,6 +190,31 @@ TEST_F(ServingEngineTest, EngineRefusalComesBackAndQueuesNothing) {
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(engine->num_live(), 0);
   EXPECT_EQ(engine->num_queued(), 0);
+}
+
+TEST_F(ServingEngineTest, MetricsCountWhatTheStreamsSaw) {
+  std::unique_ptr<ServingEngine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  metrics::ServingMetrics m("stories", engine->MetricsInfo(*model_));
+  engine->AttachMetrics(&m);
+  Collector a, b;
+  ASSERT_TRUE(engine->Submit(Greedy("Once upon a time", 12), a.Callback()).ok());
+  ASSERT_TRUE(engine->Submit(Greedy("The cat", 7), b.Callback()).ok());
+  const size_t tokens = a.Tokens().size() + b.Tokens().size();
+  ASSERT_TRUE(engine->WaitIdle(absl::Seconds(10)));
+  const std::string text = m.Scrape(engine->Stats());
+  EXPECT_THAT(text, HasSubstr(absl::StrCat(
+                        "kvfold_generation_tokens_total{model_name=\"stories\"} ", tokens, "\n")));
+  EXPECT_THAT(text, HasSubstr("finished_reason=\"length\"} 2\n"));
+  EXPECT_THAT(text,
+              HasSubstr("kvfold_request_queue_time_seconds_count{model_name=\"stories\"} 2\n"));
+  EXPECT_THAT(text,
+              HasSubstr("kvfold_time_to_first_token_seconds_count{model_name=\"stories\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr(absl::StrCat(
+                        "kvfold_inter_token_latency_seconds_count{model_name=\"stories\"} ",
+                        tokens - 2, "\n")));
+  EXPECT_THAT(text, HasSubstr("kvfold_attention_layers{model_name=\"stories\",mode=\"full\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("kvfold_kv_cache_usage_perc{model_name=\"stories\"} 0\n"));
 }
 
 TEST_F(ServingEngineTest, DestructionAbortsLiveGenerations) {
