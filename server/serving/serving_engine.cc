@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <mutex>
 #include <random>
 #include <utility>
@@ -26,6 +27,7 @@ struct ServingEngine::Stream {
   size_t text_sent = 0;  // bytes of output.text() already delivered
   bool started = false;  // has had an output (counts as queued until then)
   std::string error;     // a detokenizer failure: the generation ends with "error"
+  std::string log_id;
   // For metrics: seconds since `submitted` (negative: not yet).
   absl::Time submitted = absl::Now();
   double first_scheduled = -1;
@@ -106,6 +108,7 @@ absl::StatusOr<RequestId> ServingEngine::Submit(GenerationRequest request, Delta
   const RequestId id = state_->next_id.fetch_add(1);
   auto stream = std::make_shared<Stream>(tokenizer_, request.prompt_token_ids,
                                          std::move(request.stop), std::move(on_delta));
+  stream->log_id = request.log_id.empty() ? absl::StrCat(id) : std::move(request.log_id);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     if (state_->draining) return absl::UnavailableError("the server is shutting down");
@@ -216,7 +219,7 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
     if (!delta.token_ids.empty() || !delta.text.empty()) s.on_delta(std::move(delta));
     return;
   }
-  if (m != nullptr) {
+  if (m != nullptr || options_.request_log.has_value()) {
     metrics::GenerationTimeline t;
     t.first_scheduled = s.first_scheduled;
     t.first_token = s.first_token;
@@ -225,7 +228,14 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
     t.prompt_tokens = delta.usage.prompt_tokens;
     t.completion_tokens = delta.usage.completion_tokens;
     t.finish_reason = *delta.finish_reason;
-    m->OnFinished(t);
+    if (m != nullptr) m->OnFinished(t);
+    if (options_.request_log.has_value()) {
+      // One write per line, so lines from other threads do not interleave.
+      const std::string line = absl::StrCat(
+          metrics::FormatRequestLog(*options_.request_log, s.log_id, t, delta.usage.cached_tokens),
+          "\n");
+      std::fwrite(line.data(), 1, line.size(), stderr);
+    }
   }
   DeltaCallback on_delta = std::move(s.on_delta);
   {

@@ -21,6 +21,7 @@
 #include "scheduler/engine.h"
 #include "scheduler/request.h"
 #include "scheduler/scheduler.h"
+#include "server/metrics/request_log.h"
 #include "server/metrics/serving_metrics.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/cache_config.h"
@@ -36,6 +37,7 @@ struct GenerationRequest {
   std::vector<std::string> stop;  // stop strings: never appear in the output
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
+  std::string log_id;  // the front end's id for the finish log line ("cmpl-…:0"); empty: numeric
 };
 
 // One piece of a generation's stream. Text is released only once no stop string can still
@@ -58,6 +60,8 @@ struct ServingOptions {
   int32_t max_queued_requests = 512;
   // Ready() turns false when live work has seen no engine step for this long.
   absl::Duration stall_timeout = absl::Seconds(30);
+  // One line per finished generation on stderr (metrics/request_log.h); nullopt: none.
+  std::optional<metrics::LogFormat> request_log;
 };
 
 // The KV pool the engine runs over, for start-up lines and metrics.

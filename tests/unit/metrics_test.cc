@@ -5,7 +5,9 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "server/metrics/metric_registry.h"
+#include "server/metrics/request_log.h"
 #include "server/metrics/serving_metrics.h"
 
 namespace kvfold::metrics {
@@ -106,6 +108,31 @@ TEST(ServingMetricsTest, GenerationsLandInTheirSeries) {
               HasSubstr("kvfold_kv_bytes_per_token{model_name=\"tiny\",kind=\"unfolded\"} 200\n"));
   EXPECT_THAT(text, HasSubstr("kvfold_attention_layers{model_name=\"tiny\",mode=\"share\"} 2\n"));
   EXPECT_THAT(text, HasSubstr("kvfold_iteration_tokens_count{model_name=\"tiny\"} 1\n"));
+}
+
+TEST(RequestLogTest, JsonLineCarriesCountsAndTimingsButNoText) {
+  GenerationTimeline t{.first_scheduled = 0.002,
+                       .first_token = 0.01,
+                       .last_token = 0.05,
+                       .finished = 0.06,
+                       .prompt_tokens = 7,
+                       .completion_tokens = 5,
+                       .finish_reason = "stop"};
+  const nlohmann::json j =
+      nlohmann::json::parse(FormatRequestLog(LogFormat::kJson, "cmpl-1:0", t, 4));
+  EXPECT_EQ(j["request_id"], "cmpl-1:0");
+  EXPECT_EQ(j["finish_reason"], "stop");
+  EXPECT_EQ(j["prompt_tokens"], 7);
+  EXPECT_EQ(j["completion_tokens"], 5);
+  EXPECT_EQ(j["cached_tokens"], 4);
+  EXPECT_DOUBLE_EQ(j["ttft_ms"].get<double>(), 10.0);
+  EXPECT_DOUBLE_EQ(j["tpot_ms"].get<double>(), 10.0);
+  EXPECT_DOUBLE_EQ(j["e2e_ms"].get<double>(), 60.0);
+  EXPECT_EQ(FormatRequestLog(LogFormat::kText, "r", t, 0),
+            "request r finished: reason=stop prompt_tokens=7 completion_tokens=5 cached_tokens=0 "
+            "queue_ms=2.0 ttft_ms=10.0 tpot_ms=10.00 e2e_ms=60.0");
+  EXPECT_FALSE(ParseLogFormat("yaml").ok());
+  EXPECT_EQ(*ParseLogFormat("json"), LogFormat::kJson);
 }
 
 // promtool (Debian's prometheus package, installed by scripts/setup.sh) is the independent

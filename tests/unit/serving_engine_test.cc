@@ -217,6 +217,23 @@ TEST_F(ServingEngineTest, MetricsCountWhatTheStreamsSaw) {
   EXPECT_THAT(text, HasSubstr("kvfold_kv_cache_usage_perc{model_name=\"stories\"} 0\n"));
 }
 
+TEST_F(ServingEngineTest, RequestLogHasOneLinePerGenerationAndNoText) {
+  ::testing::internal::CaptureStderr();
+  {
+    std::unique_ptr<ServingEngine> engine = MakeEngine({.request_log = metrics::LogFormat::kText});
+    ASSERT_NE(engine, nullptr);
+    Collector c;
+    GenerationRequest r = Greedy("Once upon a time", 5);
+    r.log_id = "cmpl-test:0";
+    ASSERT_TRUE(engine->Submit(r, c.Callback()).ok());
+    c.Wait();
+  }
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(err, HasSubstr("request cmpl-test:0 finished: reason=length prompt_tokens="));
+  EXPECT_THAT(err, HasSubstr("completion_tokens=5 "));
+  EXPECT_EQ(err.find("Once upon"), std::string::npos);
+}
+
 TEST_F(ServingEngineTest, DestructionAbortsLiveGenerations) {
   Collector c;
   {
