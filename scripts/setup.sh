@@ -75,6 +75,22 @@ PY
   echo "setup: wrote ${model_dir}/${model_file}"
 fi
 
+# The HTTP front end's end-to-end tests drive `kvfold serve` with the official OpenAI Python
+# client (PyPI `openai`); installed only when missing.
+if python3 -c "import openai" >/dev/null 2>&1; then
+  echo "setup: python openai client present"
+else
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  echo "setup: installing the python openai client (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check openai ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai
+fi
+
 # Evaluation text for real models (`kvfold eval`, `kvfold calibrate`): Jane Austen's novels from
 # Debian's r-cran-janeaustenr (a 1.6 MB download), split into calibration and held-out parts under
 # ~/.cache/kvfold/data. Nothing needs it to build or test, so a failed fetch only warns.
