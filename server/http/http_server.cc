@@ -1,6 +1,9 @@
 #include "server/http/http_server.h"
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <deque>
 #include <optional>
 #include <thread>
@@ -196,7 +199,9 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  // While generating, a readable socket with nothing to read means the client closed it.
+  // While generating, the client sends nothing; the socket turning readable with nothing to read
+  // means it closed its end. (Readiness can be stale, left over from bytes the request's read
+  // already took, so a peek decides.)
   void WatchPeer(uint64_t serial) {
     stream_.socket().async_wait(
         tcp::socket::wait_read,
@@ -205,16 +210,30 @@ class Session : public std::enable_shared_from_this<Session> {
               if (ec || self->closed_ || serial != self->job_serial_ || !self->job_) {
                 return;
               }
-              beast::error_code ec2;
-              const size_t available = self->stream_.socket().available(ec2);
-              if (ec2 || available == 0) {
-                VLOG(1) << "client went away; aborting its generations";
-                self->DropJob();
-                self->Close();
+              switch (self->PeekPeer()) {
+                case PeerState::kQuiet:
+                  return self->WatchPeer(serial);
+                case PeerState::kClosed:
+                  VLOG(1) << "client went away; aborting its generations";
+                  self->DropJob();
+                  return self->Close();
+                case PeerState::kSentMore:
+                  // Its next request, early (pipelining): the read after this
+                  // response takes it; a failed write still aborts.
+                  return;
               }
-              // Else the client sent its next request early (pipelining): the
-              // read after this response takes it; a failed write still aborts.
             }));
+  }
+
+  enum class PeerState { kQuiet, kClosed, kSentMore };
+  PeerState PeekPeer() {
+    char byte;
+    const ssize_t n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return PeerState::kSentMore;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      return PeerState::kQuiet;
+    }
+    return PeerState::kClosed;  // 0: orderly shutdown; other errors: reset
   }
 
   void OnDelta(uint64_t serial, size_t choice, serving::GenerationDelta delta) {
