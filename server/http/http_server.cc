@@ -84,11 +84,7 @@ class Session : public std::enable_shared_from_this<Session> {
                 absl::StrCat("The request body is larger than the server's limit of ",
                              state_->options.max_request_bytes, " bytes (--max-request-bytes)")});
       }
-      if (ec == beast::error::timeout && parser_->got_some()) {
-        return ReplyError(api::ApiError{.http_status = 408,
-                                        .type = "invalid_request_error",
-                                        .message = "The request did not arrive in time"});
-      }
+      // A timeout has closed the socket already (tcp_stream's timeouts do): nothing to answer.
       if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout ||
           ec == net::error::operation_aborted || ec == net::error::connection_reset ||
           ec == net::error::eof || !parser_->got_some()) {
@@ -267,7 +263,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void ReplyError(const api::ApiError& error, bool retry_after = false) {
     Headers extra;
     if (retry_after) extra.emplace_back("Retry-After", "1");
-    if (error.http_status == 413 || error.http_status == 408 || error.http_status == 400) {
+    if (error.http_status == 413 || error.http_status == 400) {
       // Errors from the HTTP layer itself leave the stream's framing in doubt.
       if (error.http_status != 400 || !parser_->is_done()) keep_alive_ = false;
     }

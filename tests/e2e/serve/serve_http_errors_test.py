@@ -2,6 +2,7 @@
 paths, oversized and slow requests, a full queue (429), and SIGTERM's drain (503, exit 0)."""
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -135,10 +136,15 @@ class ApiKeyTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
 
-class QueueFullTest(unittest.TestCase):
-    def test_429_with_retry_after(self):
-        server = Server("--max-queued-requests", "0")
+class SmallLimitsTest(unittest.TestCase):
+    def test_429_with_retry_after_and_timeout_for_an_unfinished_request(self):
+        server = Server("--max-queued-requests", "0", "--read-timeout", "1")
         try:
+            # Half a request head, then silence past --read-timeout: the server hangs up.
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+            self.assertEqual(s.recv(100), b"")
+            s.close()
             status, headers, body = server.request(
                 "POST", "/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2})
             self.assertEqual(status, 429, body)
