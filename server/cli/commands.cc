@@ -12,9 +12,13 @@ int RunTokenize(const std::vector<std::string>& positional);
 int RunDetokenize(const std::vector<std::string>& positional);
 int RunCalibrate(const std::vector<std::string>& positional);
 int RunEval(const std::vector<std::string>& positional);
+int RunServe(const std::vector<std::string>& positional);
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command>* commands = new std::vector<Command>{
+      {"serve",
+       "serve the model over an OpenAI-compatible HTTP API (--port) until SIGTERM, which drains",
+       "serve_command.cc", &RunServe},
       {"generate", "generate text from a prompt, streamed to stdout", "generate_command.cc",
        &RunGenerate},
       {"tokenize", "print the token ids of the text on stdin as a JSON array",

@@ -8,15 +8,14 @@
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "server/cli/attention_plan_setup.h"
 #include "server/cli/batch_generate.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
+#include "server/cli/model_setup.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
-#include "worker/model_loader.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
 
@@ -44,30 +43,7 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-struct Loaded {
-  std::unique_ptr<Ops> ops;
-  std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-};
-
-absl::StatusOr<Loaded> Load(const std::string& path, int threads) {
-  Loaded l;
-  absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(threads);  // a bad KVFOLD_ISA: error
-  if (!ops.ok()) return ops.status();
-  l.ops = *std::move(ops);
-  absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
-  if (!weights.ok()) return weights.status();
-  absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);
-  if (!plan.ok()) return plan.status();
-  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
-      LlamaModel::Load(*std::move(weights), *l.ops, *std::move(plan));
-  if (!model.ok()) return model.status();
-  l.model = *std::move(model);
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);
-  if (!tok.ok()) return tok.status();
-  l.tokenizer = *std::move(tok);
-  return l;
-}
+using Loaded = LoadedModel;
 
 bool IsEos(const ModelConfig& config, int32_t id) {
   return std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) !=
@@ -161,7 +137,7 @@ int RunGenerate(const std::vector<std::string>& positional) {
   }
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty()) path = DefaultModelPath();
-  absl::StatusOr<Loaded> loaded = Load(path, absl::GetFlag(FLAGS_threads));
+  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads));
   if (!loaded.ok()) {
     std::cerr << "kvfold generate: " << loaded.status().message() << "\n";
     return 1;

@@ -1,0 +1,178 @@
+// `kvfold serve`: loads one model, starts the engine over the KV pool and the OpenAI-compatible
+// HTTP front end (and, once wired, the gRPC one), then serves until SIGTERM or SIGINT, when it
+// stops accepting, lets in-flight requests finish up to --drain-timeout and exits 0.
+#include <signal.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "server/cli/attention_plan_setup.h"
+#include "server/cli/command.h"
+#include "server/cli/common_flags.h"
+#include "server/cli/engine_flags.h"
+#include "server/cli/model_setup.h"
+#include "server/http/http_server.h"
+#include "server/serving/chat_prompt.h"
+#include "server/serving/served_model.h"
+#include "server/serving/serving_engine.h"
+
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address the HTTP (and gRPC) front ends bind");
+ABSL_FLAG(int, port, 8000, "HTTP port (0: an ephemeral port, printed when listening)");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: no gRPC front end)");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The name requests' \"model\" must give (default: the model file's or folder's name)");
+ABSL_FLAG(std::string, chat_template, "",
+          "Jinja chat template file (default: the model's own, from GGUF metadata or "
+          "tokenizer_config.json)");
+ABSL_FLAG(std::string, api_key, "",
+          "Require 'Authorization: Bearer KEY' on /v1/* (default: $KVFOLD_API_KEY; empty: open)");
+ABSL_FLAG(int64_t, max_request_bytes, 4 << 20, "Largest request body accepted (larger: 413)");
+ABSL_FLAG(int, max_queued_requests, 512,
+          "Generations that may wait for the engine; more are refused with 429");
+ABSL_FLAG(int, drain_timeout, 30,
+          "Seconds in-flight requests get to finish after SIGTERM before they are aborted");
+ABSL_FLAG(int, read_timeout, 30,
+          "Seconds a request may take to arrive (and an idle keep-alive connection stays open)");
+ABSL_FLAG(int, http_threads, 2, "Threads running the HTTP connections");
+ABSL_FLAG(int, max_n, 16, "Most choices (n) per request");
+ABSL_FLAG(bool, log_prompts, false, "Log request prompts (never logged otherwise)");
+
+namespace kvfold::cli {
+namespace {
+
+std::string DefaultServedName(const std::string& path) {
+  std::filesystem::path p(path);
+  while (!p.empty() && p.filename().empty()) p = p.parent_path();  // "models/x/" -> "x"
+  return p.filename().string();
+}
+
+int Fail(const absl::Status& s, int code = 1) {
+  std::cerr << "kvfold serve: " << s.message() << "\n";
+  return code;
+}
+
+}  // namespace
+
+int RunServe(const std::vector<std::string>& positional) {
+  if (!positional.empty()) {
+    std::cerr << "kvfold serve: unexpected argument '" << positional[0] << "'\n";
+    return 2;
+  }
+  const int port = absl::GetFlag(FLAGS_port);
+  const int grpc_port = absl::GetFlag(FLAGS_grpc_port);
+  if (port < 0 || port > 65535 || grpc_port < 0 || grpc_port > 65535) {
+    std::cerr << "kvfold serve: --port and --grpc-port must be in [0, 65535]\n";
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_request_bytes) < 1 || absl::GetFlag(FLAGS_max_queued_requests) < 0 ||
+      absl::GetFlag(FLAGS_drain_timeout) < 0 || absl::GetFlag(FLAGS_read_timeout) < 1 ||
+      absl::GetFlag(FLAGS_http_threads) < 1 || absl::GetFlag(FLAGS_max_n) < 1) {
+    std::cerr << "kvfold serve: --max-request-bytes, --read-timeout, --http-threads and --max-n "
+                 "must be >= 1; --max-queued-requests and --drain-timeout >= 0\n";
+    return 2;
+  }
+  // Every thread started from here on (engine, HTTP) inherits the mask, so the signals wait for
+  // sigwait below instead of killing the process mid-response.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty()) path = DefaultModelPath();
+  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads));
+  if (!loaded.ok()) return Fail(loaded.status());
+  LlamaModel& model = *loaded->model;
+
+  absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
+  if (!cache.ok()) return Fail(cache.status(), 2);
+  absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model.config());
+  if (!scheduler.ok()) return Fail(scheduler.status(), 2);
+  serving::ServingOptions options;
+  options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  absl::StatusOr<std::unique_ptr<serving::ServingEngine>> engine = serving::ServingEngine::Create(
+      model, *loaded->ops, *loaded->tokenizer, *cache, *scheduler, options);
+  if (!engine.ok()) return Fail(engine.status());
+  const serving::PoolInfo& pool = (*engine)->pool();
+  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
+                            pool.kv_dtype, pool.num_blocks, pool.block_size,
+                            scheduler->max_model_len, pool.memory_bytes)
+            << "\n";
+
+  // The chat template: an explicit --chat-template must load; a model without one serves
+  // completions only.
+  const std::string template_file = absl::GetFlag(FLAGS_chat_template);
+  std::unique_ptr<serving::ChatPrompt> chat;
+  absl::StatusOr<serving::ChatPrompt> prompt =
+      serving::ChatPrompt::ForModel(path, template_file, *loaded->tokenizer);
+  if (prompt.ok()) {
+    chat = std::make_unique<serving::ChatPrompt>(*std::move(prompt));
+  } else if (absl::IsNotFound(prompt.status()) && template_file.empty()) {
+    std::cerr << "kvfold serve: the model has no chat template; /v1/chat/completions answers 400 "
+                 "(pass --chat-template FILE)\n";
+  } else {
+    return Fail(prompt.status(), 2);
+  }
+
+  serving::ServedModel served;
+  served.name = absl::GetFlag(FLAGS_served_model_name);
+  if (served.name.empty()) served.name = DefaultServedName(path);
+  served.path = path;
+  served.created = absl::ToUnixSeconds(absl::Now());
+  served.engine = engine->get();
+  served.tokenizer = loaded->tokenizer.get();
+  served.chat = chat.get();
+  served.api_key = absl::GetFlag(FLAGS_api_key);
+  if (const char* env = std::getenv("KVFOLD_API_KEY"); served.api_key.empty() && env != nullptr) {
+    served.api_key = env;
+  }
+  served.log_prompts = absl::GetFlag(FLAGS_log_prompts);
+  served.max_n = absl::GetFlag(FLAGS_max_n);
+
+  http::HttpOptions http_options;
+  http_options.host = absl::GetFlag(FLAGS_host);
+  http_options.port = port;
+  http_options.threads = absl::GetFlag(FLAGS_http_threads);
+  http_options.max_request_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_request_bytes));
+  http_options.read_timeout = absl::Seconds(absl::GetFlag(FLAGS_read_timeout));
+  absl::StatusOr<std::unique_ptr<http::HttpServer>> server =
+      http::HttpServer::Start(served, http_options);
+  if (!server.ok()) return Fail(server.status());
+
+  // ---- gRPC front end: started here by the lead's wiring (server/grpc/) when grpc_port != 0,
+  // against the same `served` and bound to http_options.host; stopped with the HTTP one below.
+  // ----
+
+  std::cout << "serving " << served.name << " on http://" << http_options.host << ":"
+            << (*server)->port() << std::endl;
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  const int drain_seconds = absl::GetFlag(FLAGS_drain_timeout);
+  std::cerr << "kvfold serve: " << (signal_number == SIGTERM ? "SIGTERM" : "SIGINT")
+            << ": draining (up to " << drain_seconds << " s)" << std::endl;
+  (*server)->StopAccepting();
+  (*engine)->StartDrain();
+  if (!(*engine)->WaitIdle(absl::Seconds(drain_seconds))) {
+    std::cerr << "kvfold serve: " << (*engine)->num_live()
+              << " generations still running after --drain-timeout; aborting them" << std::endl;
+    (*engine)->AbortAll();
+    (*engine)->WaitIdle(absl::Seconds(10));
+  }
+  // The last responses' bytes are still being written.
+  (*server)->Shutdown(absl::Seconds(5));
+  server->reset();
+  std::cerr << "kvfold serve: stopped" << std::endl;
+  return 0;
+}
+
+}  // namespace kvfold::cli
