@@ -20,12 +20,16 @@
 #include "server/cli/engine_flags.h"
 #include "server/cli/model_setup.h"
 #include "server/http/http_server.h"
+#include "server/metrics/request_log.h"
+#include "server/metrics/serving_metrics.h"
 #include "server/serving/chat_prompt.h"
 #include "server/serving/served_model.h"
 #include "server/serving/serving_engine.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address the HTTP (and gRPC) front ends bind");
 ABSL_FLAG(int, port, 8000, "HTTP port (0: an ephemeral port, printed when listening)");
+ABSL_FLAG(std::string, log_format, "text",
+          "Request log lines (one per finished generation, never prompt text): text or json");
 ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: no gRPC front end)");
 ABSL_FLAG(std::string, served_model_name, "",
           "The name requests' \"model\" must give (default: the model file's or folder's name)");
@@ -97,8 +101,12 @@ int RunServe(const std::vector<std::string>& positional) {
   if (!cache.ok()) return Fail(cache.status(), 2);
   absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model.config());
   if (!scheduler.ok()) return Fail(scheduler.status(), 2);
+  absl::StatusOr<metrics::LogFormat> log_format =
+      metrics::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) return Fail(log_format.status(), 2);
   serving::ServingOptions options;
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  options.request_log = *log_format;
   absl::StatusOr<std::unique_ptr<serving::ServingEngine>> engine = serving::ServingEngine::Create(
       model, *loaded->ops, *loaded->tokenizer, *cache, *scheduler, options);
   if (!engine.ok()) return Fail(engine.status());
@@ -137,6 +145,8 @@ int RunServe(const std::vector<std::string>& positional) {
   }
   served.log_prompts = absl::GetFlag(FLAGS_log_prompts);
   served.max_n = absl::GetFlag(FLAGS_max_n);
+  served.metrics = (*engine)->AttachMetrics(
+      std::make_unique<metrics::ServingMetrics>(served.name, (*engine)->MetricsInfo(model)));
 
   http::HttpOptions http_options;
   http_options.host = absl::GetFlag(FLAGS_host);

@@ -22,6 +22,7 @@ constexpr RouteEntry kRoutes[] = {
     {"/detokenize", "POST", Route::kDetokenize},
     {"/health", "GET", Route::kHealth},
     {"/ready", "GET", Route::kReady},
+    {"/metrics", "GET", Route::kMetrics},
 };
 
 }  // namespace

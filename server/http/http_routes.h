@@ -21,13 +21,15 @@ enum class Route {
   kDetokenize,       // POST /detokenize
   kHealth,           // GET /health: the process is up
   kReady,            // GET /ready: the engine takes work (and the KV pool's block counts)
+  kMetrics,          // GET /metrics: Prometheus text exposition (docs/metrics.md)
 };
 
 // The route for `method` and `target` (a query string is ignored), or the 404 for an unknown path
 // and the 405 for a known path with another method.
 api::ApiOr<Route> FindRoute(std::string_view method, std::string_view target);
 
-// /v1/* needs the API key when one is set; /health, /ready, /tokenize and /detokenize stay open
+// /v1/* needs the API key when one is set; /health, /ready, /metrics, /tokenize and /detokenize
+// stay open
 // (as vLLM's --api-key).
 bool NeedsApiKey(Route route);
 

@@ -124,6 +124,12 @@ class Session : public std::enable_shared_from_this<Session> {
                                {"kv_free_blocks", stats.num_free_blocks}};
         return Reply(ready ? 200 : 503, body.dump());
       }
+      case Route::kMetrics: {
+        if (model_.metrics == nullptr) return ReplyError({404, "not_found_error", "no metrics"});
+        Write(FormatResponse(200, "text/plain; version=0.0.4; charset=utf-8",
+                             model_.metrics->Scrape(engine.Stats()), keep_alive_));
+        return;
+      }
       case Route::kModels: {
         nlohmann::json card = {
             {"id", model_.name},         {"object", "model"},

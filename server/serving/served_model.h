@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "server/metrics/serving_metrics.h"
 #include "server/serving/chat_prompt.h"
 #include "server/serving/serving_engine.h"
 #include "server/tokenizer/tokenizer.h"
@@ -21,6 +22,7 @@ struct ServedModel {
   std::string api_key;               // --api-key; empty: no authentication
   bool log_prompts = false;          // --log-prompts: prompts are never logged otherwise
   int32_t max_n = 16;                // choices per request
+  metrics::ServingMetrics* metrics = nullptr;  // null: /metrics answers 404
 };
 
 }  // namespace kvfold::serving

@@ -46,6 +46,7 @@ struct ServingEngine::State {
 
   std::atomic<RequestId> next_id{1};
   std::atomic<metrics::ServingMetrics*> metrics{nullptr};
+  std::unique_ptr<metrics::ServingMetrics> owned_metrics;  // outlives `engine` (reset first)
   mutable std::mutex mu;
   std::condition_variable idle;
   absl::flat_hash_map<RequestId, std::shared_ptr<Stream>> streams;  // guarded by mu
@@ -254,8 +255,14 @@ void ServingEngine::Abort(RequestId id) {
   state_->engine->Abort(id);
 }
 
-void ServingEngine::AttachMetrics(metrics::ServingMetrics* metrics) {
-  state_->metrics.store(metrics, std::memory_order_release);
+metrics::ServingMetrics* ServingEngine::AttachMetrics(
+    std::unique_ptr<metrics::ServingMetrics> metrics) {
+  metrics::ServingMetrics* raw = metrics.get();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  CHECK(state_->owned_metrics == nullptr) << "metrics attached twice";
+  state_->owned_metrics = std::move(metrics);
+  state_->metrics.store(raw, std::memory_order_release);
+  return raw;
 }
 
 metrics::StaticInfo ServingEngine::MetricsInfo(const LlamaModel& model) const {

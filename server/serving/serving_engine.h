@@ -104,8 +104,9 @@ class ServingEngine {
   // Aborts every live generation.
   void AbortAll();
 
-  // From now on every step and generation is recorded in `metrics` (which must outlive this).
-  void AttachMetrics(metrics::ServingMetrics* metrics);
+  // From now on every step and generation is recorded in `metrics`, which the engine keeps (its
+  // loop reports into it until the very end). Returns it, for scraping.
+  metrics::ServingMetrics* AttachMetrics(std::unique_ptr<metrics::ServingMetrics> metrics);
   // What the metrics' static part says about this engine and `model`.
   metrics::StaticInfo MetricsInfo(const LlamaModel& model) const;
 

@@ -195,8 +195,8 @@ TEST_F(ServingEngineTest, EngineRefusalComesBackAndQueuesNothing) {
 TEST_F(ServingEngineTest, MetricsCountWhatTheStreamsSaw) {
   std::unique_ptr<ServingEngine> engine = MakeEngine();
   ASSERT_NE(engine, nullptr);
-  metrics::ServingMetrics m("stories", engine->MetricsInfo(*model_));
-  engine->AttachMetrics(&m);
+  metrics::ServingMetrics& m = *engine->AttachMetrics(
+      std::make_unique<metrics::ServingMetrics>("stories", engine->MetricsInfo(*model_)));
   Collector a, b;
   ASSERT_TRUE(engine->Submit(Greedy("Once upon a time", 12), a.Callback()).ok());
   ASSERT_TRUE(engine->Submit(Greedy("The cat", 7), b.Callback()).ok());

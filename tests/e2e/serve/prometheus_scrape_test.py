@@ -6,14 +6,13 @@ Starts `kvfold serve` on an ephemeral port with the bundled stories260K model, s
 checks with PromQL that the generated-token counter equals what the clients counted and that its
 rate over the load agrees. Also checks that every metric docs/metrics.md lists is exported.
 
-Usage: prometheus_scrape_test.py KVFOLD_BINARY SOURCE_DIR
+The binary comes from $KVFOLD_BIN (ctest sets it), as for the other serve tests.
 """
 import concurrent.futures
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,31 +21,13 @@ import time
 import urllib.parse
 import urllib.request
 
+from serve_testlib import NAME, REPO, Server
+
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def start_server(binary, source_dir):
-    proc = subprocess.Popen(
-        [binary, "serve", "--model", os.path.join(source_dir, "models/stories260K"),
-         "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--threads", "1",
-         "--kv-cache-memory", "8MiB", "--max-model-len", "256"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 60
-    lines = []
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving .* on http://([\d.]+):(\d+)", line)
-        if m:
-            return proc, int(m.group(2))
-    proc.kill()
-    sys.exit("kvfold serve did not come up:\n" + "".join(lines))
 
 
 def post(port, path, body):
@@ -70,11 +51,12 @@ def documented_metrics(source_dir):
 
 
 def main():
-    binary, source_dir = sys.argv[1], sys.argv[2]
+    source_dir = REPO
     if shutil.which("prometheus") is None:
         print("SKIP: prometheus is absent (scripts/setup.sh installs Debian's package)")
         return 77
-    server, port = start_server(binary, source_dir)
+    server = Server("--max-model-len", "256")
+    port = server.port
     tmp = tempfile.mkdtemp()
     prom = None
     try:
@@ -111,7 +93,7 @@ def main():
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(
                 lambda p: post(port, "/v1/completions",
-                               {"model": "stories260K", "prompt": p, "max_tokens": 48,
+                               {"model": NAME, "prompt": p, "max_tokens": 48,
                                 "temperature": 0.8, "seed": 1}), prompts))
         load_seconds = time.time() - start
         counted = sum(r["usage"]["completion_tokens"] for r in results)
@@ -140,11 +122,7 @@ def main():
         if prom is not None:
             prom.terminate()
             prom.wait(timeout=30)
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        assert server.stop() == 0, server.log()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
