@@ -115,7 +115,7 @@ TEST_P(NcclCommunicatorTest, AllReduceSumOnDeviceMemory) {
   RunRanks(size, [&](int rank, NcclCommunicator& comm) {
     const std::vector<float> input = RankInput(rank, kCount);
     float* d = nullptr;
-    ASSERT_EQ(cudaMalloc(&d, kCount * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kCount * sizeof(float)), cudaSuccess);
     ASSERT_EQ(cudaMemcpy(d, input.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
     ASSERT_TRUE(comm.AllReduceSum(d, kCount).ok());
     std::vector<float> got(kCount);
