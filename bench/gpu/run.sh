@@ -144,6 +144,8 @@ run() {
   : >"$log"
   local json_dir
   json_dir=$(mktemp -d)
+  # Tests find models/ through it (the binaries were configured in another checkout).
+  export KVFOLD_SOURCE_DIR="$root"
   export LD_LIBRARY_PATH="$root/$suite/lib:$(device_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # The bundled binaries were built against Debian 12's libstdc++; use the carried one only when
   # the device's own cannot load them.
