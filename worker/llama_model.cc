@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/quant.h"
+#include "worker/device_weights.h"
 #include "worker/rope.h"
 #include "worker/status_macros.h"
 
@@ -97,10 +98,7 @@ class WeightPlacer {
   absl::StatusOr<TensorView> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
     if (!host.ok() || ops_.device() == Device::kCpu) return host;
-    Tensor t = ops_.Allocate(host->dtype, rows, cols);
-    ops_.CopyFromHost(host->data, t.view());
-    owned_.push_back(std::move(t));
-    return owned_.back().view();
+    return Upload(*host);
   }
 
   absl::StatusOr<Tensor> Vector(const std::string& name, int64_t n) {
@@ -125,10 +123,14 @@ class WeightPlacer {
       const char* src = static_cast<const char*>(host->data) + b * block_bytes;
       bytes.insert(bytes.end(), src, src + block_bytes);
     }
-    Tensor t = ops_.Allocate(host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
-    ops_.CopyFromHost(bytes.data(), t.view());
-    owned_.push_back(std::move(t));
-    return owned_.back().view();
+    if (ops_.device() == Device::kCpu) {
+      Tensor t = ops_.Allocate(host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+      ops_.CopyFromHost(bytes.data(), t.view());
+      owned_.push_back(std::move(t));
+      return owned_.back().view();
+    }
+    return Upload(
+        {bytes.data(), host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols});
   }
 
   // Entries [b * block, (b + 1) * block) of a vector for each b of `blocks` (an empty tensor when
@@ -155,6 +157,19 @@ class WeightPlacer {
   }
 
  private:
+  // A device copy of `host` in DeviceWeightDType (quantized blocks become BF16, device_weights.h).
+  TensorView Upload(const TensorView& host) {
+    Tensor t = ops_.Allocate(DeviceWeightDType(host.dtype), host.rows, host.cols);
+    if (IsQuantized(host.dtype)) {
+      const std::vector<uint16_t> bf16 = ConvertToBf16(host);
+      ops_.CopyFromHost(bf16.data(), t.view());
+    } else {
+      ops_.CopyFromHost(host.data, t.view());
+    }
+    owned_.push_back(std::move(t));
+    return owned_.back().view();
+  }
+
   const WeightSource& ckpt_;
   Ops& ops_;
   std::vector<Tensor>& owned_;

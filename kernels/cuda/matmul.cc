@@ -51,7 +51,8 @@ void CudaOps::MatMul(const TensorView& x, const TensorView& w, const TensorView*
   const int64_t k = x.cols;
   const int64_t m = w.rows;
   CheckShape(x, DType::kF32, n, k, "MatMul x");
-  // Quantized weights run natively on the CPU backend only, for now.
+  // Quantized weights run natively on the CPU backend only, for now; LlamaModel uploads them as
+  // BF16 (worker/device_weights.h), so only a direct caller can hit this.
   CHECK(!IsQuantized(w.dtype)) << "CUDA MatMul: " << DTypeName(w.dtype) << " weights unsupported";
   CheckShape(w, w.dtype, m, k, "MatMul w");
   CheckShape(out, DType::kF32, n, m, "MatMul out");

@@ -1,0 +1,207 @@
+// worker/nccl_communicator: real NCCL collectives, one rank per GPU, ranks as threads. One rank
+// always (when a GPU exists); two when two GPUs exist. References are the naive definitions: the
+// rank-order sum ((x0 + x1) + ...), rank-ordered concatenation, root's values. Host and device
+// buffers both. Without a GPU (or without NCCL at build time) every test skips.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/cuda_ops.h"
+
+#ifdef KVFOLD_HAVE_NCCL
+#include <cuda_runtime_api.h>
+
+#include "worker/nccl_communicator.h"
+#endif
+
+namespace kvfold {
+namespace {
+
+#ifndef KVFOLD_HAVE_NCCL
+TEST(NcclCommunicatorTest, SkippedWithoutNccl) { GTEST_SKIP() << "built without NCCL"; }
+#else
+
+constexpr size_t kCount = 1000;
+
+int DeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// Order-sensitive values: ±1e8 terms that cancel beside small ones.
+std::vector<float> RankInput(int rank, size_t count) {
+  std::mt19937 rng(99 + rank);
+  std::uniform_real_distribution<float> small(-1.0f, 1.0f);
+  std::vector<float> v(count);
+  for (size_t i = 0; i < count; ++i) {
+    const size_t k = (i + rank) % 4;
+    v[i] = k == 0 ? 1e8f : k == 2 ? -1e8f : small(rng);
+  }
+  return v;
+}
+
+std::vector<float> RankOrderSum(int size, size_t count) {
+  std::vector<float> sum = RankInput(0, count);
+  for (int r = 1; r < size; ++r) {
+    const std::vector<float> x = RankInput(r, count);
+    for (size_t i = 0; i < count; ++i) sum[i] += x[i];
+  }
+  return sum;
+}
+
+void ExpectBits(const std::vector<float>& got, const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0)
+        << "element " << i << ": " << got[i] << " vs " << want[i];
+  }
+}
+
+// Runs `body(rank, communicator)` on `size` ranks (threads, rank r on GPU r) sharing one id.
+void RunRanks(int size, const std::function<void(int, NcclCommunicator&)>& body,
+              bool rank_order_sum = true) {
+  absl::StatusOr<NcclId> id = NewNcclId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      NcclOptions options;
+      options.rank = r;
+      options.size = size;
+      options.device = r;
+      options.rank_order_sum = rank_order_sum;
+      auto comm = NcclCommunicator::Create(options, *id);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      body(r, **comm);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+class NcclCommunicatorTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+    if (DeviceCount() < GetParam()) GTEST_SKIP() << GetParam() << " ranks need that many GPUs";
+  }
+};
+
+TEST_P(NcclCommunicatorTest, AllReduceSumIsTheRankOrderSumOnHostMemory) {
+  const int size = GetParam();
+  const std::vector<float> want = RankOrderSum(size, kCount);
+  RunRanks(size, [&](int rank, NcclCommunicator& comm) {
+    std::vector<float> data = RankInput(rank, kCount);
+    ASSERT_TRUE(comm.AllReduceSum(data.data(), data.size()).ok());
+    ExpectBits(data, want);
+  });
+}
+
+TEST_P(NcclCommunicatorTest, AllReduceSumOnDeviceMemory) {
+  const int size = GetParam();
+  const std::vector<float> want = RankOrderSum(size, kCount);
+  RunRanks(size, [&](int rank, NcclCommunicator& comm) {
+    const std::vector<float> input = RankInput(rank, kCount);
+    float* d = nullptr;
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kCount * sizeof(float)), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(d, input.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_TRUE(comm.AllReduceSum(d, kCount).ok());
+    std::vector<float> got(kCount);
+    ASSERT_EQ(cudaMemcpy(got.data(), d, kCount * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    cudaFree(d);
+    ExpectBits(got, want);
+  });
+}
+
+// NCCL's own order: not promised to be the rank-order sum, only close to it (each term is at most
+// 1e8, so any order's rounding error is within a few ulps of 1e8 per add).
+TEST_P(NcclCommunicatorTest, NcclOrderAllReduceIsCloseToTheSum) {
+  const int size = GetParam();
+  const std::vector<float> want = RankOrderSum(size, kCount);
+  RunRanks(
+      size,
+      [&](int rank, NcclCommunicator& comm) {
+        std::vector<float> data = RankInput(rank, kCount);
+        ASSERT_TRUE(comm.AllReduceSum(data.data(), data.size()).ok());
+        for (size_t i = 0; i < kCount; ++i) EXPECT_NEAR(data[i], want[i], 16.0 * size) << i;
+      },
+      /*rank_order_sum=*/false);
+}
+
+TEST_P(NcclCommunicatorTest, AllGatherConcatenatesInRankOrder) {
+  const int size = GetParam();
+  RunRanks(size, [&](int rank, NcclCommunicator& comm) {
+    const std::vector<float> in = RankInput(rank, kCount);
+    std::vector<float> out(kCount * size, -1.0f);
+    ASSERT_TRUE(comm.AllGather(in.data(), kCount, out.data()).ok());
+    for (int r = 0; r < size; ++r) {
+      const std::vector<float> part(out.begin() + r * kCount, out.begin() + (r + 1) * kCount);
+      ExpectBits(part, RankInput(r, kCount));
+    }
+  });
+}
+
+TEST_P(NcclCommunicatorTest, BroadcastCopiesTheRootsValues) {
+  const int size = GetParam();
+  const int root = size - 1;
+  RunRanks(size, [&](int rank, NcclCommunicator& comm) {
+    std::vector<float> data = RankInput(rank, kCount);
+    ASSERT_TRUE(comm.Broadcast(data.data(), kCount, root).ok());
+    ExpectBits(data, RankInput(root, kCount));
+    ASSERT_TRUE(comm.Barrier().ok());
+    EXPECT_FALSE(comm.Broadcast(data.data(), kCount, size).ok());  // root outside the group
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, NcclCommunicatorTest, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "Ranks";
+                         });
+
+// The file store: rank 0 writes the id, the others read it. One rank here (one GPU suffices).
+TEST(NcclFileStoreTest, OneRankJoinsThroughTheFileStore) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("kvfold_nccl_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  NcclOptions options;
+  auto comm = NcclCommunicator::CreateWithFileStore(options, dir.string());
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  EXPECT_TRUE(std::filesystem::exists(dir / "kvfold.nccl_id"));
+  std::vector<float> data = {1.5f, -2.0f};
+  ASSERT_TRUE((*comm)->AllReduceSum(data.data(), 2).ok());
+  EXPECT_EQ(data, (std::vector<float>{1.5f, -2.0f}));
+  std::filesystem::remove_all(dir);
+}
+
+// A rank that waits for a group nobody else joins times out instead of hanging.
+TEST(NcclFileStoreTest, AMissingRankZeroIsADeadline) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("kvfold_nccl_missing_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  NcclOptions options;
+  options.rank = 1;
+  options.size = 2;
+  options.timeout = std::chrono::milliseconds(200);
+  auto comm = NcclCommunicator::CreateWithFileStore(options, dir.string());
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kDeadlineExceeded) << comm.status();
+  std::filesystem::remove_all(dir);
+}
+
+#endif  // KVFOLD_HAVE_NCCL
+
+}  // namespace
+}  // namespace kvfold
