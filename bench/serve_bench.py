@@ -433,7 +433,10 @@ async def main_async(args):
     output_lens = sample_lengths(rng, args.output_len, args.range_ratio, n)
 
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # A fresh connection per request, as vLLM's original benchmark client (a session per
+    # request): llama-server (cpp-httplib) may close a connection after a stream, and reusing it
+    # fails the next request; a loopback connect costs well under a millisecond.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         if args.model is None:
             args.model = await first_model(session, args)

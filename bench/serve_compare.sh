@@ -8,6 +8,8 @@
 #          ENDPOINT=completions  SEED=0  CTX=2048 (context per slot; llama-server gets -c 16*CTX)
 #          KVFOLD_BIN=build/kvfold  SERVERS="llama kvfold"  LLAMA_PORT=18080  KVFOLD_PORT=18000
 #          OUT=bench/results/serve-<UTC date-time>  CACHE=~/.cache/kvfold-bench
+#          LLAMA_ARGS="" (more llama-server flags, e.g. "--poll 0": no spin-waiting, which helps on
+#          a machine whose cores are shared)  KVFOLD_ARGS="" (more `kvfold serve` flags)
 #
 # llama-server is built by bench/llama_cpp_build.sh from the llama.cpp that PyPI's
 # llama-cpp-python sdist vendors (never committed), CPU only, without its web UI. kvfold runs
@@ -78,13 +80,15 @@ echo "# $(date -u +%F' '%H:%M' UTC')  $(uname -n)  nproc=$(nproc)  load: $(cut -
 echo "# $name, $threads threads, concurrency $concurrency; results in $out"
 results=()
 
+# shellcheck disable=SC2086  # LLAMA_ARGS and KVFOLD_ARGS split into flags
 if [[ " $servers " == *" llama "* ]]; then
   source "$repo/bench/llama_cpp_build.sh"
   llama_cpp_build llama-server
   echo "# llama.cpp: $(basename "$llama_src_root") vendor/llama.cpp"
   run_one llama-server "$llama_port" "$out/llama-server.log" \
     "$llama_build/bin/llama-server" -m "$gguf" -t "$threads" -np "$slots" -c $((slots * ctx)) \
-    --cont-batching --host 127.0.0.1 --port "$llama_port" --alias "$name" --no-webui
+    --cont-batching --host 127.0.0.1 --port "$llama_port" --alias "$name" --no-webui \
+    ${LLAMA_ARGS:-}
   results+=("$out/llama-server.json")
 fi
 
@@ -92,11 +96,12 @@ if [[ " $servers " == *" kvfold "* ]]; then
   if help=$("$kvfold_bin" serve --help 2>&1); then
     extra=()
     # Flags `kvfold serve` may or may not have yet: a free gRPC port and the per-slot context.
-    [[ "$help" == *--grpc-port* ]] && extra+=(--grpc-port $((kvfold_port + 1)))
-    [[ "$help" == *--max-model-len* ]] && extra+=(--max-model-len "$ctx")
+    [[ "$help" == *--grpc[-_]port* ]] && extra+=(--grpc-port $((kvfold_port + 1)))
+    [[ "$help" == *--max[-_]model[-_]len* ]] && extra+=(--max-model-len "$ctx")
     run_one kvfold "$kvfold_port" "$out/kvfold.log" \
       "$kvfold_bin" serve --model "$gguf" --host 127.0.0.1 --port "$kvfold_port" \
-      --threads "$threads" --served-model-name "$name" --max-num-seqs "$slots" "${extra[@]}"
+      --threads "$threads" --served-model-name "$name" --max-num-seqs "$slots" "${extra[@]}" \
+      ${KVFOLD_ARGS:-}
     results+=("$out/kvfold.json")
   else
     echo "# kvfold: '$kvfold_bin serve --help' failed: no \`kvfold serve\` to measure yet" >&2
