@@ -13,10 +13,10 @@
 #
 # llama-server is built by bench/llama_cpp_build.sh from the llama.cpp that PyPI's
 # llama-cpp-python sdist vendors (never committed), CPU only, without its web UI. kvfold runs
-# only when `$KVFOLD_BIN serve --help` succeeds. Each server is started on 127.0.0.1, waited
-# for (/health, then /v1/models answering 200), measured, and stopped before the next starts;
-# both are killed when the script exits. Writes OUT/{llama-server,kvfold}.json, their logs,
-# and OUT/serve_compare.png, and prints each run's table and a markdown table of both.
+# only when `$KVFOLD_BIN serve --help` lists a --port flag. Each server is started on 127.0.0.1,
+# waited for (/health, then /v1/models answering 200), measured, and stopped before the next
+# starts; both are killed when the script exits. Writes OUT/{llama-server,kvfold}.json, their
+# logs, and OUT/serve_compare.png, and prints each run's table and a markdown table of both.
 # Needs PyPI aiohttp and matplotlib (pip install aiohttp matplotlib) and curl.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,7 +93,9 @@ if [[ " $servers " == *" llama "* ]]; then
 fi
 
 if [[ " $servers " == *" kvfold "* ]]; then
-  if help=$("$kvfold_bin" serve --help 2>&1); then
+  # gflags' --help exits 1 for every command; an unknown command exits 2 with no flag list.
+  help=$("$kvfold_bin" serve --help 2>&1 || true)
+  if [[ "$help" == *--port* ]]; then
     extra=()
     # Flags `kvfold serve` may or may not have yet: a free gRPC port and the per-slot context.
     [[ "$help" == *--grpc[-_]port* ]] && extra+=(--grpc-port $((kvfold_port + 1)))
@@ -104,7 +106,7 @@ if [[ " $servers " == *" kvfold "* ]]; then
       ${KVFOLD_ARGS:-}
     results+=("$out/kvfold.json")
   else
-    echo "# kvfold: '$kvfold_bin serve --help' failed: no \`kvfold serve\` to measure yet" >&2
+    echo "# kvfold: '$kvfold_bin serve --help' lists no --port: no \`kvfold serve\` to measure" >&2
   fi
 fi
 
