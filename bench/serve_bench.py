@@ -328,9 +328,8 @@ def format_table(result):
     ):
         lines.append(f"{'-' * 20} {title} {'-' * max(1, 45 - len(title))}")
         for stat in ("mean", "p50", "p90", "p99"):
-            lines.append(
-                f"{STAT_NAMES[stat] + ' ' + key.split('_')[0].upper() + ' (ms):':<44}{s[key][stat]:.2f}"
-            )
+            name = f"{STAT_NAMES[stat]} {key.split('_')[0].upper()} (ms):"
+            lines.append(f"{name:<44}{s[key][stat]:.2f}")
     lines.append("=" * 66)
     return "\n".join(lines)
 

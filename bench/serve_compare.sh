@@ -55,7 +55,11 @@ wait_ready() {  # pid port log: /health, then /v1/models, answering 200 (up to 5
   for path in /health /v1/models; do
     url="http://127.0.0.1:$port$path"
     for ((i = 0; i < 600; ++i)); do
-      kill -0 "$pid" 2>/dev/null || { echo "server exited; its log:" >&2; tail -20 "$log" >&2; return 1; }
+      if ! kill -0 "$pid" 2>/dev/null; then
+        echo "server exited; its log:" >&2
+        tail -20 "$log" >&2
+        return 1
+      fi
       curl -sf -o /dev/null "$url" && continue 2
       sleep 0.5
     done
@@ -76,7 +80,8 @@ run_one() {  # label port log command...: start, measure, stop
   stop_servers
 }
 
-echo "# $(date -u +%F' '%H:%M' UTC')  $(uname -n)  nproc=$(nproc)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%F' '%H:%M' UTC')  $(uname -n)  nproc=$(nproc)" \
+  " load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $name, $threads threads, concurrency $concurrency; results in $out"
 results=()
 
