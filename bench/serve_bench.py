@@ -476,6 +476,7 @@ async def main_async(args):
             if not r.success:
                 raise SystemExit(f"warm-up request failed: {r.error}")
 
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         load_before = os.getloadavg()
         duration = await run_load(session, args, prompts, output_lens, results)
         load_after = os.getloadavg()
@@ -490,7 +491,7 @@ async def main_async(args):
     result = {
         "label": args.label,
         "load": load,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "date": started,  # when the timed run began
         "host": platform.node(),
         "nproc": os.cpu_count(),
         "loadavg_before": list(load_before),
