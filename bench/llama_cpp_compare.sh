@@ -9,9 +9,9 @@
 #          LLAMA2C=/tmp/llama2c (run.c built as `runfast`, stories260K.bin, tok512.bin: see
 #          bench/llama2c_compare.md; its batch-1 tokens/s joins the stories260K rows when present)
 #
-# llama.cpp is built from the copy that PyPI's llama-cpp-python source distribution vendors
-# (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench (and llama-cli when
-# LLAMA_TARGETS asks), 2 jobs.
+# llama.cpp is built by bench/llama_cpp_build.sh from the copy that PyPI's llama-cpp-python source
+# distribution vendors (vendor/llama.cpp): CPU only, -DGGML_NATIVE=ON, Release, only llama-bench
+# (and llama-cli when LLAMA_TARGETS asks), 2 jobs.
 # stories260K (a Hugging Face folder) is converted with the vendored convert_hf_to_gguf.py (F32)
 # into a temporary folder (needs pip's gguf and sentencepiece); kvfold runs its own HF folder.
 set -euo pipefail
@@ -23,27 +23,14 @@ gen=${GEN:-128}
 reps=${REPS:-3}
 gguf=${GGUF:-$HOME/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf}
 stories=$(cd "$repo" && realpath "${STORIES:-models/stories260K}")
-cache=${CACHE:-$HOME/.cache/kvfold-bench}
 steps=${STEPS:-all}
 
-# --- (a) llama.cpp from llama-cpp-python's sdist -------------------------------------------
-mkdir -p "$cache"
-sdist=$(ls "$cache"/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -1 || true)
-if [[ -z "$sdist" ]]; then
-  pip download --no-deps --no-binary :all: llama-cpp-python -d "$cache" >&2
-  sdist=$(ls "$cache"/llama_cpp_python-*.tar.gz | sort -V | tail -1)
-fi
-src_root="$cache/$(basename "$sdist" .tar.gz)"
-[[ -d "$src_root" ]] || tar -C "$cache" -xzf "$sdist"
-llama_src="$src_root/vendor/llama.cpp"
-llama_build="$src_root/build-cpu"
-if [[ ! -x "$llama_build/bin/llama-bench" ]]; then
-  cmake -S "$llama_src" -B "$llama_build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-  # llama-cli (LLAMA_TARGETS="llama-bench llama-cli") also builds llama.cpp's server library.
-  nice cmake --build "$llama_build" -j2 --target ${LLAMA_TARGETS:-llama-bench} >&2
-fi
+# --- (a) llama.cpp from llama-cpp-python's sdist (bench/llama_cpp_build.sh) ---------------
+source "$repo/bench/llama_cpp_build.sh"
+# llama-cli (LLAMA_TARGETS="llama-bench llama-cli") also builds llama.cpp's server library.
+# shellcheck disable=SC2086
+llama_cpp_build ${LLAMA_TARGETS:-llama-bench}
+src_root="$llama_src_root"
 [[ "$steps" == build-only ]] && { echo "built $llama_build/bin/llama-bench"; exit 0; }
 llama_bench="$llama_build/bin/llama-bench"
 
