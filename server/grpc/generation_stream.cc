@@ -11,13 +11,13 @@ GenerationStream* GenerationStream::Start(serving::ServingEngine& engine,
                                           const Tokenizer& tokenizer,
                                           absl::StatusOr<serving::GenerationRequest> request) {
   auto* stream = new GenerationStream(engine, tokenizer);
-  absl::StatusOr<RequestId> id = request.status();
-  if (request.ok()) {
-    // The engine may deliver deltas (and even the last one) before Submit returns; gRPC holds
-    // writes started before the reactor is bound until it is.
-    id = engine.Submit(*std::move(request),
-                       [stream](serving::GenerationDelta d) { stream->OnDelta(std::move(d)); });
-  }
+  // The engine may deliver deltas (and even the last one) before Submit returns; gRPC holds
+  // writes started before the reactor is bound until it is.
+  absl::StatusOr<RequestId> id =
+      request.ok()
+          ? engine.Submit(*std::move(request),
+                          [stream](serving::GenerationDelta d) { stream->OnDelta(std::move(d)); })
+          : absl::StatusOr<RequestId>(request.status());
   if (!id.ok()) {
     {
       std::lock_guard<std::mutex> lock(stream->mu_);

@@ -35,6 +35,8 @@ absl::StatusOr<std::unique_ptr<GrpcFrontEnd>> GrpcFrontEnd::Start(const serving:
   front->service_ = std::make_unique<KvFoldService>(model);
   const std::string address = ListenAddress(host, port);
   ::grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on a busy port would start and share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, ::grpc::InsecureServerCredentials(), &front->port_);
   builder.RegisterService(front->service_.get());
   front->server_ = builder.BuildAndStart();
