@@ -80,3 +80,16 @@ fi
 # ~/.cache/kvfold/data. Nothing needs it to build or test, so a failed fetch only warns.
 bash "$(dirname "$0")/fetch_eval_data.sh" ||
   echo "setup: could not fetch the evaluation text (scripts/fetch_eval_data.sh); continuing"
+
+# The gRPC front end's Python client test (tests/e2e/grpc_client_test.py) needs grpcio, its
+# protoc, health and reflection packages (PyPI); installed only when missing, else that test skips.
+if python3 -c "import grpc, grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1; then
+  echo "setup: python grpcio packages present"
+else
+  echo "setup: installing python grpcio packages (PyPI)"
+  grpc_packages=(grpcio grpcio-tools grpcio-health-checking grpcio-reflection)
+  python3 -m pip install --quiet --disable-pip-version-check "${grpc_packages[@]}" ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      "${grpc_packages[@]}" ||
+    echo "setup: could not install the python grpcio packages; the gRPC Python test will skip"
+fi

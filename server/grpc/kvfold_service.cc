@@ -175,6 +175,8 @@ absl::Status KvFoldService::Admit(const ::grpc::CallbackServerContext& context,
   kv->set_memory_bytes(pool.memory_bytes);
   kv->set_kv_dtype(std::string(DTypeName(pool.kv_dtype)));
   kv->set_capacity_tokens(int64_t{pool.num_blocks} * pool.block_size);
+  kv->set_free_blocks(engine.Stats().num_free_blocks);
+  response->set_live_requests(engine.num_live());
   response->set_has_chat_template(model_.chat != nullptr);
   response->set_max_top_logprobs(api::kMaxTopLogprobs);
   return Answer(context, absl::OkStatus());

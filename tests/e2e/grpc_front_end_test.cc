@@ -396,6 +396,8 @@ TEST_F(GrpcFrontEndTest, ModelsAndModelInfoDescribeTheServedModel) {
   EXPECT_EQ(info.kv_pool().bytes_per_token(), per_token);  // no attention plan
   EXPECT_EQ(info.kv_pool().kv_dtype(), "F32");
   EXPECT_EQ(info.kv_pool().num_blocks(), engine_->Stats().num_blocks);
+  EXPECT_EQ(info.kv_pool().free_blocks(), info.kv_pool().num_blocks());  // nothing running
+  EXPECT_EQ(info.live_requests(), 0);
   EXPECT_EQ(info.kv_pool().capacity_tokens(),
             int64_t{info.kv_pool().num_blocks()} * info.kv_pool().block_size());
 
