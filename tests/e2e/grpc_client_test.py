@@ -5,6 +5,7 @@ and disconnects freeing the KV cache, grpc.health.v1, server reflection, error c
 SIGTERM drain. Exits 77 (ctest: skipped) when the grpcio packages are missing."""
 
 import argparse
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -177,6 +178,26 @@ class GrpcClientTest(unittest.TestCase):
         self.assertTrue(eventually(self.kv_idle))
         # The server goes on serving.
         self.assertTrue(list(self.stub.Generate(greedy("Hi", 3))))
+
+    def test_concurrent_streams_with_cancels(self):
+        # 48 streams, 32 at a time; every third is cancelled after its first response. The others
+        # complete in full and the KV cache empties.
+        def one(i):
+            call = self.stub.Generate(greedy("Once upon a time", 60, seed=i))
+            if i % 3 == 0:
+                next(call)
+                call.cancel()
+                return None
+            return list(call)
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(one, range(48)))
+        for i, responses in enumerate(results):
+            if i % 3 == 0:
+                continue
+            self.assertEqual(responses[-1].finish_reason, pb.FINISH_REASON_LENGTH)
+            self.assertEqual(sum(len(r.token_ids) for r in responses), 60)
+        self.assertTrue(eventually(self.kv_idle))
 
     def test_health(self):
         health = health_pb2_grpc.HealthStub(self.server.channel)

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "glog/logging.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "server/grpc/grpc_front_end.h"
 #include "server/serving/chat_prompt.h"
@@ -30,6 +31,7 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace kvfold;  // NOLINT: a test tool's main
+  google::InitGoogleLogging(argv[0]);
   // Signals are taken with sigwait, so block them before any thread (engine, gRPC) starts.
   sigset_t signals;
   sigemptyset(&signals);
