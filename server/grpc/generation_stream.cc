@@ -7,6 +7,21 @@
 
 namespace kvfold::rpc {
 
+namespace {
+
+// `into` followed by `next`, as one response.
+void AppendResponse(v1::GenerateResponse next, v1::GenerateResponse& into) {
+  into.mutable_token_ids()->MergeFrom(next.token_ids());
+  into.mutable_text()->append(next.text());
+  into.mutable_logprobs()->MergeFrom(next.logprobs());
+  if (next.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    into.set_finish_reason(next.finish_reason());
+  }
+  if (next.has_usage()) *into.mutable_usage() = next.usage();
+}
+
+}  // namespace
+
 GenerationStream* GenerationStream::Start(serving::ServingEngine& engine,
                                           const Tokenizer& tokenizer,
                                           absl::StatusOr<serving::GenerationRequest> request) {
@@ -57,7 +72,15 @@ void GenerationStream::OnDelta(serving::GenerationDelta delta) {
     if (grpc_done_) {
       delete_now = last;
     } else if (!broken_ && !finish_started_) {
-      if (response.has_value()) pending_.push_back(*std::move(response));
+      if (response.has_value()) {
+        // A slow reader gets fewer, larger messages: the engine's deltas pile onto the last
+        // waiting response instead of queueing one each (front() may be on the wire: not that).
+        if (pending_.size() >= 2) {
+          AppendResponse(*std::move(response), pending_.back());
+        } else {
+          pending_.push_back(*std::move(response));
+        }
+      }
       if (status.has_value()) final_status_ = std::move(status);
       action = NextActionLocked();
     }

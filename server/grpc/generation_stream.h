@@ -1,7 +1,8 @@
 // One Generate or Chat call: a gRPC callback-API write reactor fed by the serving engine, so a
 // stream holds no thread while it waits for tokens. The engine thread queues deltas; at most one
-// write is in flight, the next starts when it completes. Cancellation (client cancel, disconnect,
-// deadline, server shutdown) aborts the generation, which frees its KV blocks.
+// write is in flight, the next starts when it completes (deltas that arrive meanwhile are merged
+// into one response). Cancellation (client cancel, disconnect, deadline, server shutdown) aborts
+// the generation, which frees its KV blocks.
 #pragma once
 
 #include <deque>
