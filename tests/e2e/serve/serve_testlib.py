@@ -26,7 +26,7 @@ class Server:
     def __init__(self, *extra, env=None):
         self.stderr = tempfile.TemporaryFile()
         cmd = [BIN, "serve", "--model", MODEL, "--chat-template", TEMPLATE, "--port", "0",
-               "--threads", "1", "--kv-cache-memory", "64MiB", *extra]
+               "--grpc-port", "0", "--threads", "1", "--kv-cache-memory", "64MiB", *extra]
         full_env = dict(os.environ, **(env or {}))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr,
                                      env=full_env, text=True)
