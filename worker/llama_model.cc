@@ -437,6 +437,7 @@ absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const Kv
 
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache, float* logits) {
   KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache, kv_shapes_));
+  if (before_forward_) KVFOLD_RETURN_IF_ERROR(before_forward_(batch, cache));
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
   EnsureWorkspace(n, num_logits);

@@ -1,6 +1,7 @@
 // The Llama family (Llama 2/3, Mistral, Qwen2) written once against the op interface.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -56,6 +57,11 @@ class LlamaModel {
   // Under tensor parallelism it sees this rank's heads (q, k) and the reduced output.
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
 
+  // Runs at the start of every Forward, once the batch is validated; an error fails the Forward.
+  // A tensor-parallel leader sends the step to its followers here (worker/step_broadcast.h).
+  using BeforeForward = std::function<absl::Status(const ForwardBatch&, const KvCache&)>;
+  void set_before_forward(BeforeForward hook) { before_forward_ = std::move(hook); }
+
  private:
   struct Layer;
   struct Workspace;
@@ -108,6 +114,7 @@ class LlamaModel {
   Tensor rope_table_;
   std::unique_ptr<Workspace> ws_;
   ForwardObserver* observer_ = nullptr;
+  BeforeForward before_forward_;
 };
 
 }  // namespace kvfold
