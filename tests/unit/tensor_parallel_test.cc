@@ -243,6 +243,7 @@ struct Case {
   std::string name;
   std::string model;  // empty: the random model
   bool folded = false;
+  std::vector<int> sizes = {2, 4};
 };
 
 class TensorParallelProcessesTest : public ::testing::TestWithParam<Case> {};
@@ -264,7 +265,7 @@ TEST_P(TensorParallelProcessesTest, RanksMatchOneRank) {
     if (!c.folded) return AttentionPlan{};
     return c.model.empty() ? RandomFolded() : StoriesFolded(tp);
   };
-  for (int size : {2, 4}) {
+  for (int size : c.sizes) {
     SCOPED_TRACE(absl::StrCat("tensor-parallel size ", size));
     // The reference runs the plan of this size (stories260K's cluster map differs at size 4).
     const std::vector<RunResult> one =
@@ -288,14 +289,17 @@ TEST_P(TensorParallelProcessesTest, RanksMatchOneRank) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, TensorParallelProcessesTest,
-                         ::testing::Values(Case{"stories260K", Stories260K(), false},
-                                           Case{"stories260K_folded", Stories260K(), true},
-                                           Case{"random8kv", "", false},
-                                           Case{"random8kv_folded", "", true}),
-                         [](const ::testing::TestParamInfo<Case>& info) {
-                           return info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Models, TensorParallelProcessesTest,
+    ::testing::Values(Case{"stories260K", Stories260K(), false},
+                      Case{"stories260K_folded", Stories260K(), true}, Case{"random8kv", "", false},
+                      Case{"random8kv_folded", "", true},
+                      // GGUF (F32, Q/K rows permuted at load), tied embeddings, 2 KV heads.
+                      Case{"tiny_llama3_gguf",
+                           testing::SourcePath("tests/fixtures/gguf/tiny-llama3.f32.gguf"),
+                           false,
+                           {2}}),
+    [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // ---------------------------------------------------------------------------------------------
 // In one process: what each rank loads, and the errors.
