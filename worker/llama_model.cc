@@ -130,12 +130,10 @@ class WeightPlacer {
   // Rows `shard` of the matrix: a view into the mapping on CPU (a row shard is contiguous).
   absl::StatusOr<TensorView> Rows(const std::string& name, int64_t rows, int64_t cols,
                                   ShardRange shard) {
-    absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
-    if (!host.ok()) return host;
-    const TensorView part = host->Rows(shard.begin, shard.count);
-    if (ops_.device() == Device::kCpu || shard.count == 0) return part;
-    Tensor t = ops_.Allocate(part.dtype, part.rows, cols);
-    ops_.CopyFromHost(part.data, t.view());
+    absl::StatusOr<TensorView> part = ckpt_.GetRows(name, rows, cols, shard.begin, shard.count);
+    if (!part.ok() || ops_.device() == Device::kCpu || shard.count == 0) return part;
+    Tensor t = ops_.Allocate(part->dtype, part->rows, cols);
+    ops_.CopyFromHost(part->data, t.view());
     owned_.push_back(std::move(t));
     return owned_.back().view();
   }
@@ -182,15 +180,17 @@ class WeightPlacer {
   // owned matrix (cluster layers keep only their representatives' K projection).
   absl::StatusOr<TensorView> RowBlocks(const std::string& name, int64_t rows, int64_t cols,
                                        int64_t block_rows, absl::Span<const int32_t> blocks) {
-    absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
-    if (!host.ok()) return host.status();
-    const size_t block_bytes = static_cast<size_t>(block_rows) * host->row_bytes();
     std::vector<char> bytes;
+    DType dtype = DType::kF32;
     for (int32_t b : blocks) {
-      const char* src = static_cast<const char*>(host->data) + b * block_bytes;
-      bytes.insert(bytes.end(), src, src + block_bytes);
+      absl::StatusOr<TensorView> block =
+          ckpt_.GetRows(name, rows, cols, b * block_rows, block_rows);
+      if (!block.ok()) return block.status();
+      const char* src = static_cast<const char*>(block->data);
+      bytes.insert(bytes.end(), src, src + block->nbytes());
+      dtype = block->dtype;
     }
-    Tensor t = ops_.Allocate(host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+    Tensor t = ops_.Allocate(dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
     ops_.CopyFromHost(bytes.data(), t.view());
     owned_.push_back(std::move(t));
     return owned_.back().view();
