@@ -136,7 +136,17 @@ absl::Status CheckLayer(const AttentionPlan& plan, int i, const ModelConfig& c, 
         return error(absl::StrFormat("'from' %d is a %s layer; a share reads a full layer",
                                      l.source, Str(AttentionModeName(plan.layers[l.source].mode))));
       }
-      if (!l.align.empty()) return CheckPermutation(l.align, c.num_heads, source, i);
+      if (l.align.empty()) return absl::OkStatus();
+      KVFOLD_RETURN_IF_ERROR(CheckPermutation(l.align, c.num_heads, source, i));
+      // A rank holds query heads [r·H/tp, (r+1)·H/tp): an alignment must stay within them.
+      for (int h = 0; h < c.num_heads; ++h) {
+        const int shard = c.num_heads / tp;
+        if (l.align[h] / shard != h / shard) {
+          return error(absl::StrFormat(
+              "'align'[%d] = %d crosses tensor-parallel shards (%d ranks of %d query heads)", h,
+              l.align[h], tp, shard));
+        }
+      }
       return absl::OkStatus();
     case AttentionMode::kCluster:
       return CheckStaticMap(l, c, tp, source, i);

@@ -1,5 +1,6 @@
 #include "worker/gguf_checkpoint.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -237,8 +238,7 @@ absl::Status GgufCheckpoint::LoadTensors() {
       LOG(WARNING) << file_->path() << ": ignoring tensor " << info.name;
       continue;
     }
-    KVFOLD_ASSIGN_OR_RETURN(TensorView view, Materialize(info, *hf));
-    tensors_[*hf] = Entry{info.name, info.dims, view};
+    KVFOLD_ASSIGN_OR_RETURN(tensors_[*hf], Describe(info, *hf));
   }
   ModelConfig& c = config_;
   auto embed = tensors_.find("model.embed_tokens.weight");
@@ -272,45 +272,42 @@ absl::Status GgufCheckpoint::LoadRopeFreqFactors(const GgufTensorInfo& info) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<TensorView> GgufCheckpoint::Materialize(const GgufTensorInfo& info,
-                                                       std::string_view hf_name) {
+absl::StatusOr<GgufCheckpoint::Entry> GgufCheckpoint::Describe(const GgufTensorInfo& info,
+                                                               std::string_view hf_name) {
   const std::string what = absl::StrFormat("%s: tensor %s", file_->path(), info.name);
   KVFOLD_ASSIGN_OR_RETURN(const RawTensor raw, Locate(info, file_->tensor_data(), what));
-  const uint64_t rows = raw.rows, cols = raw.cols, row_bytes = raw.row_bytes;
-  const char* src = raw.src;
-  int64_t rows_per_head = 0;  // 0: rows stay in place
+  const uint64_t rows = raw.rows, cols = raw.cols;
+  Entry e{info.name, info.dims, {}, 0, false};
   if (hf_name.ends_with("q_proj.weight") || hf_name.ends_with("k_proj.weight")) {
     const int heads = hf_name.ends_with("q_proj.weight") ? config_.num_heads : config_.num_kv_heads;
     if (heads <= 0 || rows % heads != 0 || (rows / heads) % 2 != 0) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "%s: %d rows do not split into %d heads of even size", what, rows, heads));
     }
-    rows_per_head = static_cast<int64_t>(rows / heads);
+    e.rows_per_head = static_cast<int64_t>(rows / heads);
   }
   // Every type is served natively (the kernels read llama.cpp's quantized blocks as they are);
-  // only permuted Q/K rows, or rows the mapping leaves misaligned, are copied.
+  // only permuted Q/K rows, or rows the mapping leaves misaligned, are copied (by GetRows).
   const DType dtype = ToDType(static_cast<GgmlType>(info.ggml_type));
-  const uint64_t out_row_bytes = RowBytes(dtype, static_cast<int64_t>(cols));
-  CHECK_EQ(out_row_bytes, row_bytes);
+  CHECK_EQ(RowBytes(dtype, static_cast<int64_t>(cols)), raw.row_bytes);
   const size_t alignment = dtype == DType::kF32 ? 4 : 2;
-  const bool aligned = reinterpret_cast<uintptr_t>(src) % alignment == 0;
-  if (rows_per_head == 0 && aligned) {
-    return TensorView{const_cast<char*>(src), dtype, static_cast<int64_t>(rows),
+  const bool aligned = reinterpret_cast<uintptr_t>(raw.src) % alignment == 0;
+  e.copy = e.rows_per_head > 0 || !aligned;
+  e.view = TensorView{const_cast<char*>(raw.src), dtype, static_cast<int64_t>(rows),
                       static_cast<int64_t>(cols)};
-  }
-  owned_.push_back(std::make_unique<char[]>(rows * out_row_bytes));
-  char* out = owned_.back().get();
-  for (uint64_t r = 0; r < rows; ++r) {
-    const uint64_t s = rows_per_head > 0 ? SourceRow(static_cast<int64_t>(r), rows_per_head) : r;
-    std::memcpy(out + r * out_row_bytes, src + s * row_bytes, out_row_bytes);
-  }
-  return TensorView{out, dtype, static_cast<int64_t>(rows), static_cast<int64_t>(cols)};
+  return e;
 }
 
 bool GgufCheckpoint::Has(std::string_view name) const { return tensors_.contains(Sv(name)); }
 
 absl::StatusOr<TensorView> GgufCheckpoint::Get(std::string_view name, int64_t rows,
                                                int64_t cols) const {
+  return GetRows(name, rows, cols, 0, rows);
+}
+
+absl::StatusOr<TensorView> GgufCheckpoint::GetRows(std::string_view name, int64_t rows,
+                                                   int64_t cols, int64_t begin,
+                                                   int64_t count) const {
   auto it = tensors_.find(Sv(name));
   if (it == tensors_.end()) {
     return absl::NotFoundError(absl::StrCat("tensor ", Sv(name), " not found in ", file_->path()));
@@ -321,7 +318,21 @@ absl::StatusOr<TensorView> GgufCheckpoint::Get(std::string_view name, int64_t ro
         "%s: tensor %s (%s) has ggml dimensions [%s], expected %d rows x %d columns", file_->path(),
         e.gguf_name, name, absl::StrJoin(e.dims, ", "), rows, cols));
   }
-  return e.view;
+  CHECK(begin >= 0 && count >= 0 && begin + count <= rows) << "rows out of range";
+  if (!e.copy) return e.view.Rows(begin, count);
+  const std::string key = absl::StrCat(Sv(name), "#", begin, "+", count);
+  const size_t row_bytes = e.view.row_bytes();
+  std::lock_guard<std::mutex> lock(copies_mu_);
+  std::unique_ptr<char[]>& copy = copies_[key];
+  if (copy == nullptr) {
+    copy = std::make_unique<char[]>(std::max<size_t>(1, count * row_bytes));
+    const char* src = static_cast<const char*>(e.view.data);
+    for (int64_t r = 0; r < count; ++r) {
+      const int64_t s = e.rows_per_head > 0 ? SourceRow(begin + r, e.rows_per_head) : begin + r;
+      std::memcpy(copy.get() + r * row_bytes, src + s * row_bytes, row_bytes);
+    }
+  }
+  return TensorView{copy.get(), e.view.dtype, count, cols};
 }
 
 }  // namespace kvfold

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,6 +42,10 @@ class GgufCheckpoint final : public WeightSource {
   const std::string& location() const override { return file_->path(); }
   const ModelConfig& config() const override { return config_; }
   absl::StatusOr<TensorView> Get(std::string_view name, int64_t rows, int64_t cols) const override;
+  // Copies (permuted Q/K rows, or rows the mapping leaves misaligned) are made here, on first
+  // request, of the rows requested only, and kept for the life of the checkpoint.
+  absl::StatusOr<TensorView> GetRows(std::string_view name, int64_t rows, int64_t cols,
+                                     int64_t begin, int64_t count) const override;
   bool Has(std::string_view name) const override;
 
   // tokenizer.chat_template, when the file has one (for the server's chat endpoint).
@@ -50,20 +55,24 @@ class GgufCheckpoint final : public WeightSource {
   struct Entry {
     std::string gguf_name;
     std::vector<uint64_t> dims;  // ggml order
-    TensorView view;             // rows = product of dims[1..], cols = dims[0]
+    TensorView view;             // in the mapping; rows = product of dims[1..], cols = dims[0]
+    int64_t rows_per_head = 0;   // > 0: Q/K rows served permuted (see SourceRow)
+    bool copy = false;           // served from a copy (permuted or misaligned)
   };
 
   GgufCheckpoint() = default;
   absl::Status LoadConfig();
   absl::Status LoadTensors();
   absl::Status LoadRopeFreqFactors(const GgufTensorInfo& info);
-  absl::StatusOr<TensorView> Materialize(const GgufTensorInfo& info, std::string_view hf_name);
+  absl::StatusOr<Entry> Describe(const GgufTensorInfo& info, std::string_view hf_name);
 
   std::unique_ptr<GgufFile> file_;
   ModelConfig config_;
   std::optional<std::string> chat_template_;
   absl::flat_hash_map<std::string, Entry> tensors_;  // by Hugging Face name
-  std::vector<std::unique_ptr<char[]>> owned_;       // dequantized or permuted copies
+  // Copies made by GetRows, by "name#begin+count"; guarded so that concurrent loads are safe.
+  mutable std::mutex copies_mu_;
+  mutable absl::flat_hash_map<std::string, std::unique_ptr<char[]>> copies_;
 };
 
 }  // namespace kvfold

@@ -38,6 +38,11 @@ struct LlamaModel::Workspace {
   int64_t num_tokens = 0, num_logits = 0;
   Tensor x, h, q, k, v, attn, o, gate, up, last, logits;
   std::vector<int32_t> zero_rows;  // num_tokens zeros: GatherRows broadcasts a [1, d] row
+  // Tensor parallelism: `embed` row 0 stays zero, rows 1.. hold this rank's looked-up tokens;
+  // host buffers for the collectives.
+  Tensor embed;
+  std::vector<int32_t> embed_ids, embed_rows;
+  std::vector<float> host, gather_send, gather_recv;
   // Per layer that share layers read: its queries after RoPE, kept for the whole step, and (when
   // the step's probabilities fit kMaxProbFloats) the attention probabilities it computed.
   std::vector<Tensor> source_q, source_probs;
@@ -61,25 +66,34 @@ std::string LayerName(int i, std::string_view leaf) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan)
+LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan,
+                       TensorParallel tp)
     : weights_(std::move(weights)),
       ops_(ops),
       plan_(std::move(plan)),
+      tp_(tp),
+      local_(ShardConfig(weights_->config(), tp_)),
+      local_plan_(ShardPlan(plan_, weights_->config(), tp_)),
+      vocab_(VocabShard(weights_->config(), tp_)),
       ws_(std::make_unique<Workspace>()) {}
 
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(std::unique_ptr<WeightSource> weights,
-                                                             Ops& ops, AttentionPlan plan) {
+                                                             Ops& ops, AttentionPlan plan,
+                                                             TensorParallel tp) {
   if (weights == nullptr) return absl::InvalidArgumentError("no weights");
   const ModelConfig& config = weights->config();
+  KVFOLD_RETURN_IF_ERROR(CheckTensorParallel(config, tp));
   if (plan.layers.empty()) plan.layers = FullAttentionPlan(config).layers;
   const std::string source = plan.id.empty() ? "attention plan" : "attention plan " + plan.id;
-  KVFOLD_RETURN_IF_ERROR(ValidateAttentionPlan(plan, config, /*tp=*/1, source));
-  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops, std::move(plan)));
-  model->kv_shapes_ = KvLayerShapes(model->config(), model->plan_);
+  KVFOLD_RETURN_IF_ERROR(ValidateAttentionPlan(plan, config, tp.size, source));
+  std::unique_ptr<LlamaModel> model(new LlamaModel(std::move(weights), ops, std::move(plan), tp));
+  // Each rank computes its own heads: every per-head structure below is the rank's.
+  KVFOLD_RETURN_IF_ERROR(ValidateAttentionPlan(model->local_plan_, model->local_, 1, source));
+  model->kv_shapes_ = KvLayerShapes(model->local_, model->local_plan_);
   model->share_source_.assign(model->plan_.layers.size(), false);
-  for (const LayerPlan& l : model->plan_.layers) {
+  for (const LayerPlan& l : model->local_plan_.layers) {
     if (l.mode == AttentionMode::kShare) model->share_source_[l.source] = true;
   }
   if (absl::Status s = model->LoadWeights(); !s.ok()) return s;
@@ -111,26 +125,79 @@ class WeightPlacer {
     return t;
   }
 
-  // Rows [b * block_rows, (b + 1) * block_rows) for each b of `blocks`, in that order, as one
-  // owned matrix (cluster layers keep only their representatives' K projection).
-  absl::StatusOr<TensorView> RowBlocks(const std::string& name, int64_t rows, int64_t cols,
-                                       int64_t block_rows, absl::Span<const int32_t> blocks) {
+  // Rows `shard` of the matrix: a view into the mapping on CPU (a row shard is contiguous).
+  absl::StatusOr<TensorView> Rows(const std::string& name, int64_t rows, int64_t cols,
+                                  ShardRange shard) {
+    absl::StatusOr<TensorView> part = ckpt_.GetRows(name, rows, cols, shard.begin, shard.count);
+    if (!part.ok() || ops_.device() == Device::kCpu || shard.count == 0) return part;
+    Tensor t = ops_.Allocate(part->dtype, part->rows, cols);
+    ops_.CopyFromHost(part->data, t.view());
+    owned_.push_back(std::move(t));
+    return owned_.back().view();
+  }
+
+  // Columns `shard` of the matrix (the input dimension of a row-parallel projection), copied:
+  // only those bytes of each row are read. Quantized rows split only at block boundaries.
+  absl::StatusOr<TensorView> Columns(const std::string& name, int64_t rows, int64_t cols,
+                                     ShardRange shard) {
+    if (shard.begin == 0 && shard.count == cols) return Matrix(name, rows, cols);
     absl::StatusOr<TensorView> host = ckpt_.Get(name, rows, cols);
-    if (!host.ok()) return host.status();
-    const size_t block_bytes = static_cast<size_t>(block_rows) * host->row_bytes();
-    std::vector<char> bytes;
-    for (int32_t b : blocks) {
-      const char* src = static_cast<const char*>(host->data) + b * block_bytes;
-      bytes.insert(bytes.end(), src, src + block_bytes);
+    if (!host.ok()) return host;
+    if (IsQuantized(host->dtype) &&
+        (shard.begin % kQuantBlock != 0 || shard.count % kQuantBlock != 0)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: %s is %s, stored in blocks of %d columns; its tensor-parallel shard, columns "
+          "[%d, %d), would split a block (choose a tensor-parallel size that keeps each rank's "
+          "columns a multiple of %d)",
+          ckpt_.location(), name, std::string(DTypeName(host->dtype)), kQuantBlock, shard.begin,
+          shard.begin + shard.count, kQuantBlock));
+    }
+    const size_t skip = RowBytes(host->dtype, shard.begin);
+    const size_t keep = RowBytes(host->dtype, shard.count);
+    std::vector<char> bytes(static_cast<size_t>(rows) * keep);
+    for (int64_t r = 0; r < rows; ++r) {
+      const char* src = static_cast<const char*>(host->data) + r * host->row_bytes() + skip;
+      std::copy(src, src + keep, bytes.data() + r * keep);
     }
     if (ops_.device() == Device::kCpu) {
-      Tensor t = ops_.Allocate(host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+      Tensor t = ops_.Allocate(host->dtype, rows, shard.count);
       ops_.CopyFromHost(bytes.data(), t.view());
       owned_.push_back(std::move(t));
       return owned_.back().view();
     }
-    return Upload(
-        {bytes.data(), host->dtype, block_rows * static_cast<int64_t>(blocks.size()), cols});
+    return Upload({bytes.data(), host->dtype, rows, shard.count});  // device: as BF16 if quantized
+  }
+
+  // Entries `shard` of an optional vector (an empty tensor when absent); `shard` is one of n /
+  // shard.count equal parts.
+  absl::StatusOr<Tensor> OptionalVectorShard(bool present, const std::string& name, int64_t n,
+                                             ShardRange shard) {
+    if (shard.begin == 0 && shard.count == n) return OptionalVector(present, name, n);
+    const int32_t block = static_cast<int32_t>(shard.begin / shard.count);
+    return OptionalVectorBlocks(present, name, n, shard.count, {block});
+  }
+
+  // Rows [b * block_rows, (b + 1) * block_rows) for each b of `blocks`, in that order, as one
+  // owned matrix (cluster layers keep only their representatives' K projection).
+  absl::StatusOr<TensorView> RowBlocks(const std::string& name, int64_t rows, int64_t cols,
+                                       int64_t block_rows, absl::Span<const int32_t> blocks) {
+    std::vector<char> bytes;
+    DType dtype = DType::kF32;
+    for (int32_t b : blocks) {
+      absl::StatusOr<TensorView> block =
+          ckpt_.GetRows(name, rows, cols, b * block_rows, block_rows);
+      if (!block.ok()) return block.status();
+      const char* src = static_cast<const char*>(block->data);
+      bytes.insert(bytes.end(), src, src + block->nbytes());
+      dtype = block->dtype;
+    }
+    if (ops_.device() == Device::kCpu) {
+      Tensor t = ops_.Allocate(dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+      ops_.CopyFromHost(bytes.data(), t.view());
+      owned_.push_back(std::move(t));
+      return owned_.back().view();
+    }
+    return Upload({bytes.data(), dtype, block_rows * static_cast<int64_t>(blocks.size()), cols});
   }
 
   // Entries [b * block, (b + 1) * block) of a vector for each b of `blocks` (an empty tensor when
@@ -222,15 +289,22 @@ std::vector<int32_t> BuildFoldedHeadMap(const ModelConfig& c, const LayerPlan& p
 absl::Status LlamaModel::LoadWeights() {
   const ModelConfig& c = config();
   WeightPlacer w(*weights_, ops_, owned_weights_);
-  const int64_t d = c.hidden_size, ffn = c.intermediate_size;
-  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
+  const int64_t d = c.hidden_size, ffn = c.intermediate_size, hd = c.head_dim;
+  const int64_t q_dim = static_cast<int64_t>(c.num_heads) * hd;
+  const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * hd;
+  // This rank's slices (the whole dimension at size 1): heads as rows of Q/K/V and columns of O,
+  // MLP columns as rows of gate/up and columns of down, vocabulary rows.
+  const ShardRange qh = QueryHeadShard(c, tp_), kvh = KvHeadShard(c, tp_);
+  const ShardRange q_part{qh.begin * hd, qh.count * hd}, kv_part{kvh.begin * hd, kvh.count * hd};
+  const ShardRange ffn_part = IntermediateShard(c, tp_);
+  // Biases of row-parallel projections are added once, by rank 0, before the all-reduce.
+  const bool adds_reduced_bias = tp_.rank == 0;
 
-  KVFOLD_ASSIGN_OR_RETURN(embedding_, w.Matrix("model.embed_tokens.weight", c.vocab_size, d));
+  KVFOLD_ASSIGN_OR_RETURN(embedding_, w.Rows("model.embed_tokens.weight", c.vocab_size, d, vocab_));
   if (weights_->Has("lm_head.weight")) {
-    KVFOLD_ASSIGN_OR_RETURN(lm_head_, w.Matrix("lm_head.weight", c.vocab_size, d));
+    KVFOLD_ASSIGN_OR_RETURN(lm_head_, w.Rows("lm_head.weight", c.vocab_size, d, vocab_));
   } else if (c.tie_word_embeddings) {
-    lm_head_ = embedding_;
+    lm_head_ = embedding_;  // the same vocabulary rows
   } else {
     return absl::NotFoundError(
         absl::StrCat(weights_->location(), ": no lm_head.weight and embeddings are not tied"));
@@ -240,7 +314,7 @@ absl::Status LlamaModel::LoadWeights() {
   layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     Layer& l = layers_[i];
-    const LayerPlan& p = plan_.layers[i];
+    const LayerPlan& p = local_plan_.layers[i];
     auto name = [i](std::string_view leaf) { return LayerName(i, leaf); };
     const bool reads_q = p.mode == AttentionMode::kFull || p.mode == AttentionMode::kKvFrom ||
                          p.mode == AttentionMode::kCluster;
@@ -248,47 +322,52 @@ absl::Status LlamaModel::LoadWeights() {
                           p.mode == AttentionMode::kCluster;
     if (p.mode != AttentionMode::kDrop) {
       KVFOLD_ASSIGN_OR_RETURN(l.input_norm, w.Vector(name("input_layernorm.weight"), d));
-      KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Matrix(name("self_attn.o_proj.weight"), d, q_dim));
-      KVFOLD_ASSIGN_OR_RETURN(l.bo, w.OptionalVector(c.o_bias, name("self_attn.o_proj.bias"), d));
+      KVFOLD_ASSIGN_OR_RETURN(l.wo, w.Columns(name("self_attn.o_proj.weight"), d, q_dim, q_part));
+      KVFOLD_ASSIGN_OR_RETURN(
+          l.bo, w.OptionalVector(c.o_bias && adds_reduced_bias, name("self_attn.o_proj.bias"), d));
     }
     if (reads_q) {
-      KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Matrix(name("self_attn.q_proj.weight"), q_dim, d));
-      KVFOLD_ASSIGN_OR_RETURN(l.bq,
-                              w.OptionalVector(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.wq, w.Rows(name("self_attn.q_proj.weight"), q_dim, d, q_part));
+      KVFOLD_ASSIGN_OR_RETURN(
+          l.bq, w.OptionalVectorShard(c.qkv_bias, name("self_attn.q_proj.bias"), q_dim, q_part));
     }
     if (p.mode == AttentionMode::kFull) {
-      KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Matrix(name("self_attn.k_proj.weight"), kv_dim, d));
-      KVFOLD_ASSIGN_OR_RETURN(l.bk,
-                              w.OptionalVector(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.wk, w.Rows(name("self_attn.k_proj.weight"), kv_dim, d, kv_part));
+      KVFOLD_ASSIGN_OR_RETURN(
+          l.bk, w.OptionalVectorShard(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim, kv_part));
     }
     if (writes_v) {
-      KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Matrix(name("self_attn.v_proj.weight"), kv_dim, d));
-      KVFOLD_ASSIGN_OR_RETURN(l.bv,
-                              w.OptionalVector(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim));
+      KVFOLD_ASSIGN_OR_RETURN(l.wv, w.Rows(name("self_attn.v_proj.weight"), kv_dim, d, kv_part));
+      KVFOLD_ASSIGN_OR_RETURN(
+          l.bv, w.OptionalVectorShard(c.qkv_bias, name("self_attn.v_proj.bias"), kv_dim, kv_part));
     }
     if (p.mode == AttentionMode::kShare || p.mode == AttentionMode::kCluster) {
-      const std::vector<int32_t> reps = BuildFoldedHeadMap(c, p, l.heads);
+      std::vector<int32_t> reps = BuildFoldedHeadMap(local_, p, l.heads);
       if (p.mode == AttentionMode::kCluster) {
+        for (int32_t& r : reps) r += static_cast<int32_t>(kvh.begin);  // the checkpoint's heads
+        KVFOLD_ASSIGN_OR_RETURN(l.wk,
+                                w.RowBlocks(name("self_attn.k_proj.weight"), kv_dim, d, hd, reps));
         KVFOLD_ASSIGN_OR_RETURN(
-            l.wk, w.RowBlocks(name("self_attn.k_proj.weight"), kv_dim, d, c.head_dim, reps));
-        KVFOLD_ASSIGN_OR_RETURN(
-            l.bk, w.OptionalVectorBlocks(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim,
-                                         c.head_dim, reps));
+            l.bk,
+            w.OptionalVectorBlocks(c.qkv_bias, name("self_attn.k_proj.bias"), kv_dim, hd, reps));
       }
     }
     if (p.mode == AttentionMode::kDrop && !p.bias.empty()) {
+      // The residual stream is replicated: every rank adds the whole bias to its own copy.
       l.drop_bias = ops_.Allocate(DType::kF32, 1, d);
       ops_.CopyFromHost(p.bias.data(), l.drop_bias.view());
     }
     KVFOLD_ASSIGN_OR_RETURN(l.post_attention_norm,
                             w.Vector(name("post_attention_layernorm.weight"), d));
-    KVFOLD_ASSIGN_OR_RETURN(l.w_gate, w.Matrix(name("mlp.gate_proj.weight"), ffn, d));
-    KVFOLD_ASSIGN_OR_RETURN(l.w_up, w.Matrix(name("mlp.up_proj.weight"), ffn, d));
-    KVFOLD_ASSIGN_OR_RETURN(l.w_down, w.Matrix(name("mlp.down_proj.weight"), d, ffn));
-    KVFOLD_ASSIGN_OR_RETURN(l.b_gate,
-                            w.OptionalVector(c.mlp_bias, name("mlp.gate_proj.bias"), ffn));
-    KVFOLD_ASSIGN_OR_RETURN(l.b_up, w.OptionalVector(c.mlp_bias, name("mlp.up_proj.bias"), ffn));
-    KVFOLD_ASSIGN_OR_RETURN(l.b_down, w.OptionalVector(c.mlp_bias, name("mlp.down_proj.bias"), d));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_gate, w.Rows(name("mlp.gate_proj.weight"), ffn, d, ffn_part));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_up, w.Rows(name("mlp.up_proj.weight"), ffn, d, ffn_part));
+    KVFOLD_ASSIGN_OR_RETURN(l.w_down, w.Columns(name("mlp.down_proj.weight"), d, ffn, ffn_part));
+    KVFOLD_ASSIGN_OR_RETURN(
+        l.b_gate, w.OptionalVectorShard(c.mlp_bias, name("mlp.gate_proj.bias"), ffn, ffn_part));
+    KVFOLD_ASSIGN_OR_RETURN(
+        l.b_up, w.OptionalVectorShard(c.mlp_bias, name("mlp.up_proj.bias"), ffn, ffn_part));
+    KVFOLD_ASSIGN_OR_RETURN(
+        l.b_down, w.OptionalVector(c.mlp_bias && adds_reduced_bias, name("mlp.down_proj.bias"), d));
   }
 
   const std::vector<float> table = RopeCosSinTable(c, c.max_position_embeddings);
@@ -299,7 +378,7 @@ absl::Status LlamaModel::LoadWeights() {
 
 void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
   Workspace& w = *ws_;
-  const ModelConfig& c = config();
+  const ModelConfig& c = local_;  // this rank's heads and MLP columns
   if (num_tokens > w.num_tokens) {
     const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
     const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -313,6 +392,7 @@ void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
     w.gate = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
     w.up = ops_.Allocate(DType::kF32, num_tokens, c.intermediate_size);
     w.zero_rows.assign(num_tokens, 0);
+    if (tp_.size > 1) w.embed = ops_.Allocate(DType::kF32, num_tokens + 1, c.hidden_size);
     w.source_q.resize(c.num_layers);
     for (int i = 0; i < c.num_layers; ++i) {
       if (share_source_[i]) w.source_q[i] = ops_.Allocate(DType::kF32, num_tokens, q_dim);
@@ -321,7 +401,7 @@ void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
   }
   if (num_logits > w.num_logits) {
     w.last = ops_.Allocate(DType::kF32, num_logits, c.hidden_size);
-    w.logits = ops_.Allocate(DType::kF32, num_logits, c.vocab_size);
+    if (vocab_.count > 0) w.logits = ops_.Allocate(DType::kF32, num_logits, vocab_.count);
     w.num_logits = num_logits;
   }
 }
@@ -374,21 +454,97 @@ absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const Kv
 
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache, float* logits) {
   KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache, kv_shapes_));
+  if (before_forward_) KVFOLD_RETURN_IF_ERROR(before_forward_(batch, cache));
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
   EnsureWorkspace(n, num_logits);
   Workspace& w = *ws_;
   KeepProbabilitiesIfTheyFit(batch);
-  ops_.Embedding(batch.token_ids, embedding_, w.x.view().Rows(0, n));
-  for (int i = 0; i < config().num_layers; ++i) ForwardLayer(i, batch, cache);
+  KVFOLD_RETURN_IF_ERROR(Embed(batch.token_ids, w.x.view().Rows(0, n)));
+  for (int i = 0; i < config().num_layers; ++i) {
+    KVFOLD_RETURN_IF_ERROR(ForwardLayer(i, batch, cache));
+  }
   if (num_logits == 0) return absl::OkStatus();
   const TensorView last = w.last.view().Rows(0, num_logits);
-  const TensorView out = w.logits.view().Rows(0, num_logits);
   ops_.GatherRows(w.x.view().Rows(0, n), batch.logits_rows, last);
   ops_.RmsNorm(last, final_norm_.view(), static_cast<float>(config().rms_norm_eps), last);
-  ops_.MatMul(last, lm_head_, nullptr, out);
-  ops_.CopyToHost(out, logits);
+  return Logits(last, logits);
+}
+
+absl::Status LlamaModel::Embed(absl::Span<const int32_t> token_ids, TensorView x) {
+  if (tp_.size == 1) {
+    ops_.Embedding(token_ids, embedding_, x);
+    return absl::OkStatus();
+  }
+  // This rank's tokens go to embed rows 1..; every other token reads the zero row 0, so the
+  // all-reduce adds exact zeros to the one rank's row that holds the token.
+  Workspace& w = *ws_;
+  w.embed_ids.clear();
+  w.embed_rows.resize(token_ids.size());
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    const int64_t local = token_ids[i] - vocab_.begin;
+    const bool mine = local >= 0 && local < vocab_.count;
+    w.embed_rows[i] = mine ? static_cast<int32_t>(w.embed_ids.size()) + 1 : 0;
+    if (mine) w.embed_ids.push_back(static_cast<int32_t>(local));
+  }
+  const int64_t found = static_cast<int64_t>(w.embed_ids.size());
+  if (found > 0) ops_.Embedding(w.embed_ids, embedding_, w.embed.view().Rows(1, found));
+  ops_.GatherRows(w.embed.view().Rows(0, found + 1), w.embed_rows, x);
+  return AllReduce(x);
+}
+
+absl::Status LlamaModel::Logits(const TensorView& last, float* logits) {
+  const int64_t num_logits = last.rows;
+  const TensorView out = vocab_.count > 0 ? ws_->logits.view().Rows(0, num_logits) : TensorView{};
+  if (vocab_.count > 0) ops_.MatMul(last, lm_head_, nullptr, out);
+  if (tp_.size == 1) {
+    ops_.CopyToHost(out, logits);
+    return absl::OkStatus();
+  }
+  // Each rank sends [num_logits, stride] (its columns, zero-padded to the common stride); the
+  // gather is rank-major, so rank r's block lands in columns [r * stride, ...) of every row.
+  Workspace& w = *ws_;
+  const ModelConfig& c = config();
+  const int64_t stride = VocabShardStride(c, tp_);
+  const size_t block = static_cast<size_t>(num_logits * stride);
+  w.host.resize(static_cast<size_t>(num_logits * vocab_.count));
+  if (vocab_.count > 0) ops_.CopyToHost(out, w.host.data());
+  w.gather_send.assign(block, 0.0f);
+  for (int64_t row = 0; row < num_logits; ++row) {
+    std::copy_n(w.host.data() + row * vocab_.count, vocab_.count,
+                w.gather_send.data() + row * stride);
+  }
+  w.gather_recv.resize(block * tp_.size);
+  if (absl::Status s = tp_.comm->AllGather(w.gather_send.data(), block, w.gather_recv.data());
+      !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("tensor-parallel all-gather of logits: ", s.message()));
+  }
+  for (int r = 0; r < tp_.size; ++r) {
+    const ShardRange part = VocabShard(c, {r, tp_.size, nullptr});
+    for (int64_t row = 0; row < num_logits; ++row) {
+      std::copy_n(w.gather_recv.data() + r * block + row * stride, part.count,
+                  logits + row * c.vocab_size + part.begin);
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::Status LlamaModel::AllReduce(TensorView o) {
+  if (tp_.size == 1) return absl::OkStatus();
+  absl::Status s;
+  if (ops_.device() == Device::kCpu) {
+    s = tp_.comm->AllReduceSum(o.f32(), static_cast<size_t>(o.numel()));
+  } else {
+    // Through the host: a device communicator (NCCL) reduces in place instead.
+    std::vector<float>& host = ws_->host;
+    host.resize(static_cast<size_t>(o.numel()));
+    ops_.CopyToHost(o, host.data());
+    s = tp_.comm->AllReduceSum(host.data(), host.size());
+    if (s.ok()) ops_.CopyFromHost(host.data(), o);
+  }
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat("tensor-parallel all-reduce: ", s.message()));
 }
 
 void LlamaModel::KeepProbabilitiesIfTheyFit(const ForwardBatch& batch) {
@@ -397,8 +553,7 @@ void LlamaModel::KeepProbabilitiesIfTheyFit(const ForwardBatch& batch) {
   if (std::none_of(share_source_.begin(), share_source_.end(), [](bool b) { return b; })) return;
   const absl::Span<const int32_t> context = batch.attention.context_len;
   const int32_t longest = *std::max_element(context.begin(), context.end());
-  const int64_t floats =
-      static_cast<int64_t>(batch.token_ids.size()) * config().num_heads * longest;
+  const int64_t floats = static_cast<int64_t>(batch.token_ids.size()) * local_.num_heads * longest;
   if (floats > kMaxProbFloats) return;
   if (floats > w.probs_capacity) {
     w.source_probs.resize(config().num_layers);
@@ -415,19 +570,20 @@ std::optional<AttentionProbs> LlamaModel::KeptProbabilities(int source, int64_t 
   const Workspace& w = *ws_;
   if (w.probs_cols == 0) return std::nullopt;
   AttentionProbs probs;
-  probs.p = {w.source_probs[source].view().data, DType::kF32, num_tokens * config().num_heads,
+  probs.p = {w.source_probs[source].view().data, DType::kF32, num_tokens * local_.num_heads,
              w.probs_cols};
   probs.mode = mode;
   return probs;
 }
 
-void LlamaModel::ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache) {
-  AttentionSublayer(index, batch, cache);
-  MlpSublayer(index, static_cast<int64_t>(batch.token_ids.size()));
+absl::Status LlamaModel::ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache) {
+  KVFOLD_RETURN_IF_ERROR(AttentionSublayer(index, batch, cache));
+  return MlpSublayer(index, static_cast<int64_t>(batch.token_ids.size()));
 }
 
-void LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache) {
-  const LayerPlan& p = plan_.layers[index];
+absl::Status LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch,
+                                           const KvCache& cache) {
+  const LayerPlan& p = local_plan_.layers[index];
   switch (p.mode) {
     case AttentionMode::kFull:
       return FullAttention(index, batch, cache.layer(index), /*write_kv=*/true);
@@ -435,7 +591,8 @@ void LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch, const K
       // The source is an earlier full layer: this step's K/V are already in its cache.
       return FullAttention(index, batch, cache.layer(p.source), /*write_kv=*/false);
     case AttentionMode::kDrop:
-      return DroppedAttention(index, static_cast<int64_t>(batch.token_ids.size()));
+      DroppedAttention(index, static_cast<int64_t>(batch.token_ids.size()));
+      return absl::OkStatus();
     case AttentionMode::kShare:
       return SharedAttention(index, batch, cache);
     case AttentionMode::kCluster:
@@ -443,11 +600,12 @@ void LlamaModel::AttentionSublayer(int index, const ForwardBatch& batch, const K
   }
   LOG(FATAL) << "layer " << index << ": mode " << AttentionModeName(p.mode)
              << " is rejected by Load";
+  return absl::InternalError("unreachable");
 }
 
-void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv,
-                               bool write_kv) {
-  const ModelConfig& c = config();
+absl::Status LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv,
+                                       bool write_kv) {
+  const ModelConfig& c = local_;
   const Layer& l = layers_[index];
   Workspace& w = *ws_;
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
@@ -473,16 +631,19 @@ void LlamaModel::FullAttention(int index, const ForwardBatch& batch, const KvCac
   ops_.FoldedPagedAttention(q, kv, kv, AttentionHeadMap{}, batch.attention, c.num_heads,
                             AttentionScale(), attn, probs ? &*probs : nullptr);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  KVFOLD_RETURN_IF_ERROR(AllReduce(o));
   if (observer_ != nullptr && write_kv) {
     observer_->OnAttention({index, x, q, w.k.view().Rows(0, n), o});
   }
   ops_.Add(x, o);
+  return absl::OkStatus();
 }
 
-void LlamaModel::SharedAttention(int index, const ForwardBatch& batch, const KvCache& cache) {
-  const ModelConfig& c = config();
+absl::Status LlamaModel::SharedAttention(int index, const ForwardBatch& batch,
+                                         const KvCache& cache) {
+  const ModelConfig& c = local_;
   const Layer& l = layers_[index];
-  const int source = plan_.layers[index].source;
+  const int source = local_plan_.layers[index].source;
   Workspace& w = *ws_;
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
@@ -499,11 +660,14 @@ void LlamaModel::SharedAttention(int index, const ForwardBatch& batch, const KvC
                             cache.layer(index), HeadMap(l), batch.attention, c.num_heads,
                             AttentionScale(), attn, probs ? &*probs : nullptr);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  KVFOLD_RETURN_IF_ERROR(AllReduce(o));
   ops_.Add(x, o);
+  return absl::OkStatus();
 }
 
-void LlamaModel::ClusteredAttention(int index, const ForwardBatch& batch, const KvCache& cache) {
-  const ModelConfig& c = config();
+absl::Status LlamaModel::ClusteredAttention(int index, const ForwardBatch& batch,
+                                            const KvCache& cache) {
+  const ModelConfig& c = local_;
   const Layer& l = layers_[index];
   Workspace& w = *ws_;
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
@@ -526,7 +690,9 @@ void LlamaModel::ClusteredAttention(int index, const ForwardBatch& batch, const 
   ops_.FoldedPagedAttention(q, kv, kv, HeadMap(l), batch.attention, c.num_heads, AttentionScale(),
                             attn);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
+  KVFOLD_RETURN_IF_ERROR(AllReduce(o));
   ops_.Add(x, o);
+  return absl::OkStatus();
 }
 
 AttentionHeadMap LlamaModel::HeadMap(const Layer& l) {
@@ -546,7 +712,7 @@ void LlamaModel::DroppedAttention(int index, int64_t n) {
   ops_.Add(w.x.view().Rows(0, n), bias_rows);
 }
 
-void LlamaModel::MlpSublayer(int index, int64_t n) {
+absl::Status LlamaModel::MlpSublayer(int index, int64_t n) {
   const Layer& l = layers_[index];
   Workspace& w = *ws_;
   const TensorView x = w.x.view().Rows(0, n), h = w.h.view().Rows(0, n);
@@ -557,7 +723,9 @@ void LlamaModel::MlpSublayer(int index, int64_t n) {
   ops_.MatMul(h, l.w_up, OrNull(l.b_up), up);
   ops_.SiluMul(gate, up, gate);
   ops_.MatMul(gate, l.w_down, OrNull(l.b_down), o);
+  KVFOLD_RETURN_IF_ERROR(AllReduce(o));
   ops_.Add(x, o);
+  return absl::OkStatus();
 }
 
 }  // namespace kvfold

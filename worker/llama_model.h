@@ -1,6 +1,7 @@
 // The Llama family (Llama 2/3, Mistral, Qwen2) written once against the op interface.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "worker/forward_observer.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
+#include "worker/tensor_parallel.h"
 #include "worker/weight_source.h"
 
 namespace kvfold {
@@ -29,38 +31,60 @@ class LlamaModel {
  public:
   // Takes the weight source: on CPU the weights stay views into its memory (mapping). `plan`
   // folds the attention of some layers (validated against the config; no layers means all full).
-  // Attention weights a layer's mode never reads are not loaded.
+  // Attention weights a layer's mode never reads are not loaded. `tp` makes this model one rank
+  // of a tensor-parallel group (worker/tensor_parallel.h): it loads only its shard of the weights
+  // (row shards as views, column shards of o_proj and down_proj copied; a quantized column shard
+  // must be block-aligned) and every rank must call Forward with the same batches. Size 1 (the
+  // default) is the unsharded model, bit for bit.
   static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(std::unique_ptr<WeightSource> weights,
-                                                          Ops& ops, AttentionPlan plan = {});
+                                                          Ops& ops, AttentionPlan plan = {},
+                                                          TensorParallel tp = {});
   ~LlamaModel();
 
   const ModelConfig& config() const { return weights_->config(); }
   const AttentionPlan& plan() const { return plan_; }
-  // What each layer stores in the KV cache under the plan; a cache for this model has these.
+  const TensorParallel& tensor_parallel() const { return tp_; }
+  // What each layer stores in the KV cache under the plan, for this rank's KV heads only; a cache
+  // for this model has these.
   const std::vector<KvLayerShape>& kv_layer_shapes() const { return kv_shapes_; }
 
   // Runs the batch, writing K/V into `cache` (shaped by kv_layer_shapes()); `logits` is
-  // [logits_rows.size(), vocab_size] F32 on the host.
+  // [logits_rows.size(), vocab_size] F32 on the host (the whole vocabulary on every rank). Under
+  // tensor parallelism a failed collective (a dead or silent rank) is returned as an error.
   absl::Status Forward(const ForwardBatch& batch, const KvCache& cache, float* logits);
 
   // Sees every full layer's attention activations during Forward (calibration); null: none.
+  // Under tensor parallelism it sees this rank's heads (q, k) and the reduced output.
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
+
+  // Runs at the start of every Forward, once the batch is validated; an error fails the Forward.
+  // A tensor-parallel leader sends the step to its followers here (worker/step_broadcast.h).
+  using BeforeForward = std::function<absl::Status(const ForwardBatch&, const KvCache&)>;
+  void set_before_forward(BeforeForward hook) { before_forward_ = std::move(hook); }
 
  private:
   struct Layer;
   struct Workspace;
-  LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan);
+  LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, AttentionPlan plan,
+             TensorParallel tp);
   absl::Status LoadWeights();
   void EnsureWorkspace(int64_t num_tokens, int64_t num_logits);
-  void ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache);
+  // x = the tokens' embeddings (each rank looks up its vocabulary rows, then an all-reduce).
+  absl::Status Embed(absl::Span<const int32_t> token_ids, TensorView x);
+  // logits = lm_head(last) over the whole vocabulary (each rank its rows, then an all-gather).
+  absl::Status Logits(const TensorView& last, float* logits);
+  // Sums a row-parallel projection's partial output `o` over the ranks (nothing at size 1).
+  absl::Status AllReduce(TensorView o);
+  absl::Status ForwardLayer(int index, const ForwardBatch& batch, const KvCache& cache);
   // x += the layer's attention output, by its plan mode.
-  void AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache);
+  absl::Status AttentionSublayer(int index, const ForwardBatch& batch, const KvCache& cache);
   // full: own Q/K/V over its own cache; kv_from: own Q over `kv`, the source layer's cache.
-  void FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv, bool write_kv);
+  absl::Status FullAttention(int index, const ForwardBatch& batch, const KvCacheLayer& kv,
+                             bool write_kv);
   // share: the source layer's probabilities (kept or recomputed) over this layer's V.
-  void SharedAttention(int index, const ForwardBatch& batch, const KvCache& cache);
+  absl::Status SharedAttention(int index, const ForwardBatch& batch, const KvCache& cache);
   // cluster: scores once per representative KV head, applied to every member's V.
-  void ClusteredAttention(int index, const ForwardBatch& batch, const KvCache& cache);
+  absl::Status ClusteredAttention(int index, const ForwardBatch& batch, const KvCache& cache);
   // Whether this step keeps the probabilities of share sources (they fit the workspace budget).
   void KeepProbabilitiesIfTheyFit(const ForwardBatch& batch);
   std::optional<AttentionProbs> KeptProbabilities(int source, int64_t num_tokens,
@@ -70,11 +94,16 @@ class LlamaModel {
   // drop: x += bias when the plan has one, else nothing.
   void DroppedAttention(int index, int64_t num_tokens);
   // x += MLP(norm(x)).
-  void MlpSublayer(int index, int64_t num_tokens);
+  absl::Status MlpSublayer(int index, int64_t num_tokens);
 
   std::unique_ptr<WeightSource> weights_;
   Ops& ops_;
-  AttentionPlan plan_;
+  AttentionPlan plan_;  // as given (every rank's heads)
+  TensorParallel tp_;
+  // This rank's view: its head counts and intermediate size, the plan renumbered to its heads.
+  ModelConfig local_;
+  AttentionPlan local_plan_;
+  ShardRange vocab_;  // this rank's rows of the embeddings and the LM head
   std::vector<KvLayerShape> kv_shapes_;
   std::vector<bool> share_source_;     // per layer: read by a share layer
   std::vector<Tensor> owned_weights_;  // device copies; empty on CPU
@@ -85,6 +114,7 @@ class LlamaModel {
   Tensor rope_table_;
   std::unique_ptr<Workspace> ws_;
   ForwardObserver* observer_ = nullptr;
+  BeforeForward before_forward_;
 };
 
 }  // namespace kvfold

@@ -25,6 +25,15 @@ class WeightSource {
   // long as the source.
   virtual absl::StatusOr<TensorView> Get(std::string_view name, int64_t rows,
                                          int64_t cols) const = 0;
+  // Rows [begin, begin + count) of the tensor `name` (checked as Get checks it): what one
+  // tensor-parallel rank loads. A source that must copy a tensor to serve it (GGUF's permuted
+  // Q/K rows) copies only these rows.
+  virtual absl::StatusOr<TensorView> GetRows(std::string_view name, int64_t rows, int64_t cols,
+                                             int64_t begin, int64_t count) const {
+    absl::StatusOr<TensorView> whole = Get(name, rows, cols);
+    if (!whole.ok()) return whole;
+    return whole->Rows(begin, count);
+  }
   virtual bool Has(std::string_view name) const = 0;
 };
 

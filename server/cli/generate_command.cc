@@ -14,10 +14,12 @@
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/model_setup.h"
+#include "server/cli/tensor_parallel_launch.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
+#include "worker/step_broadcast.h"
 
 ABSL_FLAG(std::string, prompt, "", "Prompt text (empty: start from BOS alone)");
 ABSL_FLAG(std::string, prompts_file, "",
@@ -35,6 +37,12 @@ ABSL_FLAG(float, top_p, 1.0f,
 ABSL_FLAG(float, min_p, 0.0f, "Drop tokens less likely than this times the top one (0: off)");
 ABSL_FLAG(float, repetition_penalty, 1.0f,
           "Penalize tokens seen in the prompt or output (HF semantics; 1: off)");
+ABSL_FLAG(int, tensor_parallel_size, 1,
+          "Ranks the model is split over (Megatron-style; on CPU each rank is a process on this "
+          "node). Must divide the model's KV heads and intermediate size");
+ABSL_FLAG(int, tensor_parallel_timeout, 30,
+          "Seconds a tensor-parallel rank waits for its peers (joining, or one collective) before "
+          "failing");
 
 namespace kvfold::cli {
 namespace {
@@ -135,30 +143,61 @@ int RunGenerate(const std::vector<std::string>& positional) {
                  "the file carries its own prompt)\n";
     return 2;
   }
-  std::string path = absl::GetFlag(FLAGS_model);
-  if (path.empty()) path = DefaultModelPath();
-  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads));
-  if (!loaded.ok()) {
-    std::cerr << "kvfold generate: " << loaded.status().message() << "\n";
-    return 1;
-  }
-  const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);
-  if (!prompts_file.empty()) {
-    const LineDefaults defaults{max_tokens, sampling};
-    return RunPromptsFile(*loaded->model, *loaded->ops, *loaded->tokenizer, prompts_file, defaults);
-  }
   absl::StatusOr<DType> kv_dtype = ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
   if (!kv_dtype.ok()) {
     std::cerr << "kvfold generate: " << kv_dtype.status().message() << "\n";
     return 2;
   }
-  if (absl::Status s =
-          Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling, *kv_dtype);
-      !s.ok()) {
-    std::cerr << "kvfold generate: " << s.message() << "\n";
+  std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty() && absl::GetFlag(FLAGS_tp_rank) == 0) path = DefaultModelPath();
+  // Followers load the same model and plan with the same threads; they take the rest (batches,
+  // KV cache geometry) from the leader's steps.
+  absl::StatusOr<std::unique_ptr<TensorParallelGroup>> group = TensorParallelGroup::Join(
+      "generate", {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
+                   "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
+  if (!group.ok()) {
+    std::cerr << "kvfold generate: " << group.status().message() << "\n";
     return 1;
   }
-  return 0;
+  const TensorParallel tp = (*group)->place();
+  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp);
+  if (!loaded.ok()) {
+    std::cerr << "kvfold generate"
+              << (tp.rank > 0 ? " (tensor-parallel rank " + std::to_string(tp.rank) + ")" : "")
+              << ": " << loaded.status().message() << "\n";
+    return 1;
+  }
+  if (tp.rank > 0) {
+    const absl::Status s = FollowSteps(*loaded->model, *loaded->ops, *tp.comm);
+    if (s.ok()) return 0;
+    std::cerr << "kvfold generate (tensor-parallel rank " << tp.rank << "): " << s.message()
+              << "\n";
+    return 1;
+  }
+  if (tp.size > 1) {
+    Communicator& comm = *tp.comm;
+    loaded->model->set_before_forward([&comm](const ForwardBatch& batch, const KvCache& cache) {
+      return BroadcastStep(comm, batch, cache);
+    });
+  }
+  const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);
+  int code = 0;
+  if (!prompts_file.empty()) {
+    const LineDefaults defaults{max_tokens, sampling};
+    code = RunPromptsFile(*loaded->model, *loaded->ops, *loaded->tokenizer, prompts_file, defaults);
+  } else if (absl::Status s =
+                 Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling, *kv_dtype);
+             !s.ok()) {
+    std::cerr << "kvfold generate: " << s.message() << "\n";
+    code = 1;
+  }
+  if (code == 0) {
+    if (absl::Status s = (*group)->Finish(); !s.ok()) {
+      std::cerr << "kvfold generate: " << s.message() << "\n";
+      code = 1;
+    }
+  }
+  return code;  // after a failure, the group's destructor ends the followers
 }
 
 }  // namespace kvfold::cli

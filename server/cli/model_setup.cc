@@ -8,7 +8,7 @@
 
 namespace kvfold::cli {
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp) {
   LoadedModel l;
   absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(threads);  // a bad KVFOLD_ISA: error
   if (!ops.ok()) return ops.status();
@@ -18,9 +18,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads) {
   absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<std::unique_ptr<LlamaModel>> model =
-      LlamaModel::Load(*std::move(weights), *l.ops, *std::move(plan));
+      LlamaModel::Load(*std::move(weights), *l.ops, *std::move(plan), tp);
   if (!model.ok()) return model.status();
   l.model = *std::move(model);
+  if (tp.rank != 0) return l;
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);
   if (!tok.ok()) return tok.status();
   l.tokenizer = *std::move(tok);

@@ -9,6 +9,7 @@
 #include "kernels/ops.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
+#include "worker/tensor_parallel.h"
 
 namespace kvfold::cli {
 
@@ -18,7 +19,9 @@ struct LoadedModel {
   std::unique_ptr<Tokenizer> tokenizer;
 };
 
-// `path` is a model folder or a GGUF file; `threads` sizes the CPU backend (0: all cores).
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads);
+// `path` is a model folder or a GGUF file; `threads` sizes the CPU backend (0: all cores). Under
+// tensor parallelism the model is this rank's shard, and only the leader (rank 0) loads the
+// tokenizer: a follower only runs the leader's steps.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp = {});
 
 }  // namespace kvfold::cli

@@ -140,6 +140,32 @@ TEST(GgufCheckpointTest, F32TensorsEqualTheHuggingFaceCheckpoint) {
   EXPECT_THAT(wrong.status().message(), HasSubstr("output_norm.weight"));
 }
 
+// A tensor-parallel rank's rows: the permuted Q/K rows are copied for the requested heads only,
+// and equal the Hugging Face checkpoint's rows (as do rows of a tensor served in place).
+TEST(GgufCheckpointTest, RowSlicesEqualTheHuggingFaceRows) {
+  auto gguf = GgufCheckpoint::Open(SourcePath(kF32));
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  auto hf = Checkpoint::Open(SourcePath(kFolder));
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  const ModelConfig& c = (*hf)->config();
+  const int64_t d = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  for (const auto& [name, rows] : std::vector<std::pair<std::string, int64_t>>{
+           {"model.layers.1.self_attn.q_proj.weight", q},
+           {"model.layers.0.self_attn.k_proj.weight", kv},
+           {"model.layers.0.self_attn.v_proj.weight", kv}}) {
+    for (const int64_t begin : {int64_t{0}, rows / 2}) {
+      SCOPED_TRACE(name + " from row " + std::to_string(begin));
+      auto a = (*gguf)->GetRows(name, rows, d, begin, rows / 2);
+      auto b = (*hf)->Get(name, rows, d);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_TRUE(b.ok()) << b.status();
+      ASSERT_EQ(a->rows, rows / 2);
+      const TensorView expected = b->Rows(begin, rows / 2);
+      EXPECT_EQ(std::memcmp(a->data, expected.data, expected.nbytes()), 0);
+    }
+  }
+}
+
 // Q8_0 rows dequantize to within half a quantization step (scale = max|w| / 127) of the original.
 TEST(GgufCheckpointTest, Q8TensorsAreCloseToTheOriginal) {
   auto gguf = GgufCheckpoint::Open(SourcePath(kQ8));
