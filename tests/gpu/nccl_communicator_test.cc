@@ -16,6 +16,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "tests/testing/collective_inputs.h"
 
 #ifdef KVFOLD_HAVE_NCCL
 #include <cuda_runtime_api.h>
@@ -25,6 +26,9 @@
 
 namespace kvfold {
 namespace {
+
+using testing::RankInput;
+using testing::RankOrderSum;
 
 #ifndef KVFOLD_HAVE_NCCL
 TEST(NcclCommunicatorTest, SkippedWithoutNccl) { GTEST_SKIP() << "built without NCCL"; }
@@ -39,27 +43,6 @@ int DeviceCount() {
     return 0;
   }
   return n;
-}
-
-// Order-sensitive values: ±1e8 terms that cancel beside small ones.
-std::vector<float> RankInput(int rank, size_t count) {
-  std::mt19937 rng(99 + rank);
-  std::uniform_real_distribution<float> small(-1.0f, 1.0f);
-  std::vector<float> v(count);
-  for (size_t i = 0; i < count; ++i) {
-    const size_t k = (i + rank) % 4;
-    v[i] = k == 0 ? 1e8f : k == 2 ? -1e8f : small(rng);
-  }
-  return v;
-}
-
-std::vector<float> RankOrderSum(int size, size_t count) {
-  std::vector<float> sum = RankInput(0, count);
-  for (int r = 1; r < size; ++r) {
-    const std::vector<float> x = RankInput(r, count);
-    for (size_t i = 0; i < count; ++i) sum[i] += x[i];
-  }
-  return sum;
 }
 
 void ExpectBits(const std::vector<float>& got, const std::vector<float>& want) {
@@ -101,9 +84,9 @@ class NcclCommunicatorTest : public ::testing::TestWithParam<int> {
 
 TEST_P(NcclCommunicatorTest, AllReduceSumIsTheRankOrderSumOnHostMemory) {
   const int size = GetParam();
-  const std::vector<float> want = RankOrderSum(size, kCount);
+  const std::vector<float> want = RankOrderSum(size, kCount, 99);
   RunRanks(size, [&](int rank, NcclCommunicator& comm) {
-    std::vector<float> data = RankInput(rank, kCount);
+    std::vector<float> data = RankInput(rank, kCount, 99);
     ASSERT_TRUE(comm.AllReduceSum(data.data(), data.size()).ok());
     ExpectBits(data, want);
   });
@@ -111,9 +94,9 @@ TEST_P(NcclCommunicatorTest, AllReduceSumIsTheRankOrderSumOnHostMemory) {
 
 TEST_P(NcclCommunicatorTest, AllReduceSumOnDeviceMemory) {
   const int size = GetParam();
-  const std::vector<float> want = RankOrderSum(size, kCount);
+  const std::vector<float> want = RankOrderSum(size, kCount, 99);
   RunRanks(size, [&](int rank, NcclCommunicator& comm) {
-    const std::vector<float> input = RankInput(rank, kCount);
+    const std::vector<float> input = RankInput(rank, kCount, 99);
     float* d = nullptr;
     ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kCount * sizeof(float)), cudaSuccess);
     ASSERT_EQ(cudaMemcpy(d, input.data(), kCount * 4, cudaMemcpyHostToDevice), cudaSuccess);
@@ -129,11 +112,11 @@ TEST_P(NcclCommunicatorTest, AllReduceSumOnDeviceMemory) {
 // 1e8, so any order's rounding error is within a few ulps of 1e8 per add).
 TEST_P(NcclCommunicatorTest, NcclOrderAllReduceIsCloseToTheSum) {
   const int size = GetParam();
-  const std::vector<float> want = RankOrderSum(size, kCount);
+  const std::vector<float> want = RankOrderSum(size, kCount, 99);
   RunRanks(
       size,
       [&](int rank, NcclCommunicator& comm) {
-        std::vector<float> data = RankInput(rank, kCount);
+        std::vector<float> data = RankInput(rank, kCount, 99);
         ASSERT_TRUE(comm.AllReduceSum(data.data(), data.size()).ok());
         for (size_t i = 0; i < kCount; ++i) EXPECT_NEAR(data[i], want[i], 16.0 * size) << i;
       },
@@ -143,12 +126,12 @@ TEST_P(NcclCommunicatorTest, NcclOrderAllReduceIsCloseToTheSum) {
 TEST_P(NcclCommunicatorTest, AllGatherConcatenatesInRankOrder) {
   const int size = GetParam();
   RunRanks(size, [&](int rank, NcclCommunicator& comm) {
-    const std::vector<float> in = RankInput(rank, kCount);
+    const std::vector<float> in = RankInput(rank, kCount, 99);
     std::vector<float> out(kCount * size, -1.0f);
     ASSERT_TRUE(comm.AllGather(in.data(), kCount, out.data()).ok());
     for (int r = 0; r < size; ++r) {
       const std::vector<float> part(out.begin() + r * kCount, out.begin() + (r + 1) * kCount);
-      ExpectBits(part, RankInput(r, kCount));
+      ExpectBits(part, RankInput(r, kCount, 99));
     }
   });
 }
@@ -157,9 +140,9 @@ TEST_P(NcclCommunicatorTest, BroadcastCopiesTheRootsValues) {
   const int size = GetParam();
   const int root = size - 1;
   RunRanks(size, [&](int rank, NcclCommunicator& comm) {
-    std::vector<float> data = RankInput(rank, kCount);
+    std::vector<float> data = RankInput(rank, kCount, 99);
     ASSERT_TRUE(comm.Broadcast(data.data(), kCount, root).ok());
-    ExpectBits(data, RankInput(root, kCount));
+    ExpectBits(data, RankInput(root, kCount, 99));
     ASSERT_TRUE(comm.Barrier().ok());
     EXPECT_FALSE(comm.Broadcast(data.data(), kCount, size).ok());  // root outside the group
   });

@@ -21,34 +21,16 @@
 
 #include "gloo/rendezvous/hash_store.h"
 #include "gtest/gtest.h"
+#include "tests/testing/collective_inputs.h"
 
 namespace kvfold {
 namespace {
 
+using testing::RankInput;
+using testing::RankOrderSum;
+
 using Clock = std::chrono::steady_clock;
 constexpr size_t kCount = 1000;
-
-// Values whose sum depends on the order: huge terms that cancel (±1e8) beside small ones, so
-// (1e8 + 0.3) - 1e8 != (1e8 - 1e8) + 0.3 in float.
-std::vector<float> RankInput(int rank, size_t count) {
-  std::mt19937 rng(1234 + rank);
-  std::uniform_real_distribution<float> small(-1.0f, 1.0f);
-  std::vector<float> v(count);
-  for (size_t i = 0; i < count; ++i) {
-    const size_t k = (i + rank) % 4;
-    v[i] = k == 0 ? 1e8f : k == 2 ? -1e8f : small(rng);
-  }
-  return v;
-}
-
-std::vector<float> RankOrderSum(int size, size_t count) {
-  std::vector<float> sum = RankInput(0, count);
-  for (int r = 1; r < size; ++r) {
-    const std::vector<float> x = RankInput(r, count);
-    for (size_t i = 0; i < count; ++i) sum[i] += x[i];
-  }
-  return sum;
-}
 
 std::vector<float> ReverseOrderSum(int size, size_t count) {
   std::vector<float> sum = RankInput(size - 1, count);
