@@ -41,6 +41,23 @@ absl::Status CheckResult(const StepPlan& plan, const StepResult& result) {
                                             " tokens for ", num_sampling,
                                             " sampling chunks, or out of order"));
   }
+  // One ChunkPromptLogprobs per chunk with prompt_logprobs, in order, each the right size.
+  size_t scored = 0;
+  for (const ScheduledChunk& chunk : plan.chunks) {
+    if (!chunk.prompt_logprobs.has_value()) continue;
+    if (scored >= result.prompt_logprobs.size() ||
+        result.prompt_logprobs[scored].request_id != chunk.request_id ||
+        static_cast<int32_t>(result.prompt_logprobs[scored].logprobs.size()) !=
+            chunk.num_prompt_scores()) {
+      return absl::InternalError(absl::StrCat("the executor's prompt logprobs do not match chunk ",
+                                              scored, " that asked for them"));
+    }
+    ++scored;
+  }
+  if (scored != result.prompt_logprobs.size()) {
+    return absl::InternalError(absl::StrCat("the executor returned ", result.prompt_logprobs.size(),
+                                            " prompt logprobs lists for ", scored, " chunks"));
+  }
   return absl::OkStatus();
 }
 

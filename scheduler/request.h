@@ -47,11 +47,14 @@ struct SamplingParams {
 // InvalidArgument naming the field when a value is out of range.
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
-// One output token's log-probability and its most likely alternatives (highest first, ties by
-// lower id), all from the log-softmax of the raw logits.
+// One token's log-probability and its most likely alternatives (highest first, ties by lower
+// id), all from the log-softmax of the raw logits.
 struct TokenLogprob {
   int32_t token_id = 0;
   float logprob = 0.0f;
+  // vLLM's rank: how many tokens are at least as likely as token_id (1: the most likely); 0: not
+  // computed (output logprobs leave it out).
+  int32_t rank = 0;
   std::vector<std::pair<int32_t, float>> top;  // (token id, logprob); top_logprobs entries
 };
 
@@ -65,7 +68,13 @@ struct Request {
   // Lower runs first, as in vLLM; among equals, earlier arrival first. Preemption picks the
   // lowest-priority (highest value), most recently admitted running request.
   int32_t priority = 0;
+  // vLLM's prompt_logprobs: unset, none; k (0..20), each prompt token's log-probability given
+  // the tokens before it, plus its k most likely alternatives. Such a request bypasses the
+  // prefix cache (every prompt position is computed).
+  std::optional<int32_t> prompt_logprobs;
 };
+
+constexpr int32_t kMaxPromptLogprobs = 20;
 
 enum class FinishReason { kStop, kLength, kAbort, kError };
 const char* FinishReasonName(FinishReason reason);  // "stop", "length", "abort", "error"
@@ -81,6 +90,10 @@ struct RequestOutput {
   RequestId id = 0;
   std::vector<int32_t> token_ids;      // tokens produced since the previous delta
   std::vector<TokenLogprob> logprobs;  // one per token_ids entry when sampling.logprobs is set
+  // Request::prompt_logprobs: one per prompt token from index 1 (token 0 has no context), on
+  // the first delta with a token only. A request that ends before its first token (abort,
+  // error) gets none.
+  std::vector<TokenLogprob> prompt_logprobs;
   std::optional<FinishReason> finish_reason;
   std::string error;  // set when finish_reason is kError
   Usage usage;        // final counts, on the last delta

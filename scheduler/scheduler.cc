@@ -24,6 +24,10 @@ struct Scheduler::Sequence {
   BlockTable table;
   int64_t arrival = 0;    // order of Add
   int64_t admission = 0;  // order of the latest admission to running
+  // Request::prompt_logprobs until they go out with the first token: the positions scored so
+  // far (1, 2, ...); cleared on preemption, since recompute scores them again.
+  bool prompt_logprobs_pending = false;
+  std::vector<TokenLogprob> prompt_logprobs;
 
   int32_t num_outputs() const { return static_cast<int32_t>(tokens.size()) - num_prompt_tokens; }
   int32_t gap() const { return static_cast<int32_t>(tokens.size()) - num_computed_tokens; }
@@ -85,6 +89,12 @@ absl::Status Scheduler::CheckRequest(const Request& request) const {
   if (absl::Status sampling = ValidateSamplingParams(request.sampling); !sampling.ok()) {
     return sampling;
   }
+  if (request.prompt_logprobs.has_value() &&
+      (*request.prompt_logprobs < 0 || *request.prompt_logprobs > kMaxPromptLogprobs)) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs must be in [0, ",
+                                                   kMaxPromptLogprobs, "], got ",
+                                                   *request.prompt_logprobs));
+  }
   for (int32_t token : request.stop_token_ids) {
     if (token < 0) return absl::InvalidArgumentError(absl::StrCat("invalid stop token id ", token));
   }
@@ -111,6 +121,7 @@ absl::Status Scheduler::Add(Request request) {
   seq->tokens = request.prompt_token_ids;
   seq->num_prompt_tokens = static_cast<int32_t>(seq->tokens.size());
   seq->arrival = state_->num_arrivals++;
+  seq->prompt_logprobs_pending = request.prompt_logprobs.has_value();
   seq->request = std::move(request);
   InsertWaiting(seq.get());
   const RequestId id = seq->request.id;
@@ -195,6 +206,7 @@ void Scheduler::Preempt(Sequence& seq) {
           << seq.table.blocks.size() << " blocks)";
   blocks_.Free(seq.table);
   seq.num_computed_tokens = 0;
+  seq.prompt_logprobs.clear();
   seq.status = SequenceStatus::kWaiting;
   ++state_->num_preemptions;
   InsertWaiting(&seq);
@@ -206,8 +218,11 @@ void Scheduler::AdmitWaiting(StepPlan& plan, int32_t& budget) {
          static_cast<int32_t>(state_->running.size()) < config_.max_num_seqs) {
     Sequence& seq = *waiting.front();
     // Never the whole sequence from the cache: its last token is computed so logits exist.
+    // Prompt logprobs need every prompt position's logits: no cache (vLLM skips it too).
     const absl::Span<const int32_t> known(seq.tokens);
-    const std::vector<BlockId> hit = blocks_.FindCachedPrefix(known.first(known.size() - 1));
+    const std::vector<BlockId> hit = seq.prompt_logprobs_pending
+                                         ? std::vector<BlockId>()
+                                         : blocks_.FindCachedPrefix(known.first(known.size() - 1));
     const int32_t num_hit_tokens = static_cast<int32_t>(hit.size()) * blocks_.block_size();
     const int32_t num_tokens = std::min(seq.gap() - num_hit_tokens, budget);
     if (!blocks_.Allocate(seq.table, num_hit_tokens + num_tokens, hit)) break;
@@ -236,6 +251,11 @@ void Scheduler::AddChunk(StepPlan& plan, const Sequence& seq, int32_t num_tokens
   chunk.sample = num_tokens == seq.gap();
   chunk.output_index = seq.num_outputs();
   chunk.sampling = seq.request.sampling;
+  if (seq.prompt_logprobs_pending) {
+    chunk.prompt_logprobs = seq.request.prompt_logprobs;
+    const int32_t end = seq.num_computed_tokens + num_tokens;
+    if (end < seq.num_prompt_tokens) chunk.next_prompt_token = seq.tokens[end];
+  }
 }
 
 std::optional<FinishReason> Scheduler::AppendToken(Sequence& seq,
@@ -279,6 +299,7 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
 
   std::vector<RequestId> finished;
   size_t next_sampled = 0;
+  size_t next_prompt_logprobs = 0;
   for (const ScheduledChunk& chunk : plan.chunks) {
     const SampledToken* sampled = nullptr;
     if (chunk.sample) {
@@ -286,12 +307,25 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
       sampled = &result.sampled[next_sampled++];
       CHECK_EQ(sampled->request_id, chunk.request_id) << "sampled tokens out of chunk order";
     }
+    const ChunkPromptLogprobs* scores = nullptr;
+    if (chunk.prompt_logprobs.has_value()) {
+      CHECK_LT(next_prompt_logprobs, result.prompt_logprobs.size()) << "too few prompt logprobs";
+      scores = &result.prompt_logprobs[next_prompt_logprobs++];
+      CHECK_EQ(scores->request_id, chunk.request_id) << "prompt logprobs out of chunk order";
+      CHECK_EQ(static_cast<int32_t>(scores->logprobs.size()), chunk.num_prompt_scores());
+    }
     auto it = state_->sequences.find(chunk.request_id);
     if (it == state_->sequences.end()) continue;  // aborted since Schedule
     Sequence& seq = *it->second;
     CHECK(seq.status == SequenceStatus::kRunning) << "request " << seq.request.id;
     CHECK_EQ(chunk.start_position, seq.num_computed_tokens) << "request " << seq.request.id;
     seq.num_computed_tokens += static_cast<int32_t>(chunk.token_ids.size());
+    if (scores != nullptr && seq.prompt_logprobs_pending) {
+      // Chunks run in position order from 0 (no cache hit), so this chunk's scores follow.
+      CHECK_EQ(seq.prompt_logprobs.size(), static_cast<size_t>(chunk.start_position));
+      seq.prompt_logprobs.insert(seq.prompt_logprobs.end(), scores->logprobs.begin(),
+                                 scores->logprobs.end());
+    }
     std::optional<FinishReason> finish;
     if (sampled != nullptr) finish = AppendToken(seq, *sampled);
     blocks_.CacheFullBlocks(seq.table, seq.tokens, seq.num_computed_tokens);
@@ -299,6 +333,11 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
     RequestOutput& out = outputs.emplace_back();
     out.id = seq.request.id;
     out.token_ids.push_back(sampled->token_id);
+    if (seq.prompt_logprobs_pending) {
+      seq.prompt_logprobs_pending = false;
+      out.prompt_logprobs = std::move(seq.prompt_logprobs);
+      seq.prompt_logprobs = {};
+    }
     if (seq.request.sampling.logprobs) {
       out.logprobs.push_back(TokenLogprob{.token_id = sampled->token_id,
                                           .logprob = sampled->logprob,
@@ -313,6 +352,7 @@ std::vector<RequestOutput> Scheduler::Update(const StepPlan& plan, const StepRes
     }
   }
   CHECK_EQ(next_sampled, result.sampled.size()) << "too many sampled tokens";
+  CHECK_EQ(next_prompt_logprobs, result.prompt_logprobs.size()) << "too many prompt logprobs";
   if (!finished.empty()) {
     std::erase_if(state_->running,
                   [](const Sequence* s) { return s->status == SequenceStatus::kFinished; });

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -31,6 +32,16 @@ struct ScheduledChunk {
   // Otherwise the worker knows a sequence's tokens from its earlier chunks (each sampled token
   // comes back as the first token of the sequence's next chunk).
   std::vector<int32_t> context_token_ids;
+  // Request::prompt_logprobs, set on every chunk of such a request until its first token (so
+  // the chunk lies inside the prompt): row i is scored against the prompt token after it,
+  // token_ids[i + 1], and the last row against next_prompt_token, which is -1 when the chunk
+  // ends the prompt (that row samples instead).
+  std::optional<int32_t> prompt_logprobs;
+  int32_t next_prompt_token = -1;
+  int32_t num_prompt_scores() const {
+    const auto n = static_cast<int32_t>(token_ids.size());
+    return prompt_logprobs.has_value() ? (next_prompt_token >= 0 ? n : n - 1) : 0;
+  }
 };
 
 struct StepPlan {
@@ -54,9 +65,18 @@ struct SampledToken {
   std::vector<std::pair<int32_t, float>> top_logprobs;
 };
 
-// One SampledToken per chunk with `sample` set, in chunk order.
+// The prompt logprobs of one chunk with prompt_logprobs set: num_prompt_scores() entries, for
+// the prompt tokens at positions start_position + 1 onwards.
+struct ChunkPromptLogprobs {
+  RequestId request_id = 0;
+  std::vector<TokenLogprob> logprobs;
+};
+
+// One SampledToken per chunk with `sample` set, and one ChunkPromptLogprobs per chunk with
+// prompt_logprobs set, each in chunk order.
 struct StepResult {
   std::vector<SampledToken> sampled;
+  std::vector<ChunkPromptLogprobs> prompt_logprobs;
 };
 
 // Implemented by worker/ (a model) and by tests (a deterministic stand-in).

@@ -71,6 +71,14 @@ absl::Status ModelExecutor::Validate(const StepPlan& plan) const {
       }
     }
     if (absl::Status h = CheckHistory(c, histories_, finished); !h.ok()) return h;
+    if (c.prompt_logprobs.has_value() &&
+        (*c.prompt_logprobs < 0 || c.next_prompt_token >= model_.config().vocab_size ||
+         (c.next_prompt_token >= 0) == c.sample)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request %d: prompt logprobs need either a next prompt token in the vocabulary or a "
+          "sampling chunk",
+          c.request_id));
+    }
     for (int64_t p = c.start_position; p < end; ++p) {
       const int64_t slot = int64_t{c.block_table[p / bs]} * bs + p % bs;
       if (!slots.insert(slot).second) {
@@ -112,6 +120,11 @@ void ModelExecutor::Flatten(const StepPlan& plan, Batch& b) const {
     }
     b.query_start.push_back(b.query_start.back() + n);
     b.context_len.push_back(c.start_position + n);
+    // A prompt-scoring chunk wants its scored rows (the first num_prompt_scores()), then the
+    // sampling row if any: together, every row of the chunk in order.
+    for (int32_t i = 0; i < c.num_prompt_scores(); ++i) {
+      b.logits_rows.push_back(b.query_start.back() - n + i);
+    }
     if (c.sample) b.logits_rows.push_back(b.query_start.back() - 1);
   }
 }
@@ -136,11 +149,21 @@ absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   StepResult result;
   result.sampled.reserve(batch_.logits_rows.size());
   size_t row = 0;
+  auto next_row = [&] { return absl::Span<const float>(logits_.data() + row++ * vocab, vocab); };
   for (const ScheduledChunk& c : plan.chunks) {
-    if (!c.sample) continue;
-    result.sampled.push_back(
-        SampleChunk(c, absl::Span<const float>(logits_.data() + row * vocab, vocab)));
-    ++row;
+    if (c.prompt_logprobs.has_value()) {
+      ChunkPromptLogprobs& scores = result.prompt_logprobs.emplace_back();
+      scores.request_id = c.request_id;
+      const int32_t num_scores = c.num_prompt_scores();
+      scores.logprobs.reserve(num_scores);
+      for (int32_t i = 0; i < num_scores; ++i) {
+        const int32_t target = i + 1 < static_cast<int32_t>(c.token_ids.size())
+                                   ? c.token_ids[i + 1]
+                                   : c.next_prompt_token;
+        scores.logprobs.push_back(ScoreToken(next_row(), target, *c.prompt_logprobs));
+      }
+    }
+    if (c.sample) result.sampled.push_back(SampleChunk(c, next_row()));
   }
   return result;
 }

@@ -1,10 +1,11 @@
 // The worker side of the engine contract: runs a StepPlan on a LlamaModel over a paged KvCache and
 // samples one token per sampling chunk (with its log-probability and top alternatives when the
-// request asks). For requests whose sampling reads their tokens (penalties), it keeps each one's
-// token history: chunk tokens are written at start_position (so recompute after preemption
-// replays it), ScheduledChunk::context_token_ids fills a prefix-cache hit, and
-// StepPlan::finished drops it. Single
-// process, single rank for now; tensor parallelism wraps this later (rank 0 broadcasts the plan).
+// request asks), and scores every prompt row of the chunks that ask (prompt logprobs). For
+// requests whose sampling reads their tokens (penalties), it keeps each one's token history:
+// chunk tokens are written at start_position (so recompute after preemption replays it),
+// ScheduledChunk::context_token_ids fills a prefix-cache hit, and StepPlan::finished drops it.
+// Single process, single rank for now; tensor parallelism wraps this later (rank 0 broadcasts the
+// plan).
 #pragma once
 
 #include <cstdint>
@@ -30,7 +31,9 @@ class ModelExecutor final : public Executor {
   // writing one cache slot, or a chunk that needs token history the executor lacks.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
 
-  // The logits of the last Execute: one row of vocab_size per sampling chunk, in chunk order.
+  // The logits of the last Execute, one row of vocab_size each, in chunk order: a chunk's scored
+  // prompt rows (ScheduledChunk::prompt_logprobs; memory grows with the step's token budget),
+  // then its sampling row.
   absl::Span<const float> last_logits() const { return logits_; }
 
  private:

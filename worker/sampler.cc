@@ -87,6 +87,17 @@ std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logit
   return top;
 }
 
+TokenLogprob ScoreToken(absl::Span<const float> logits, int32_t token, int32_t k) {
+  TokenLogprob score;
+  score.token_id = token;
+  score.logprob = LogProbability(logits, token);
+  const float value = logits[token];
+  score.rank = static_cast<int32_t>(
+      std::count_if(logits.begin(), logits.end(), [&](float l) { return l >= value; }));
+  score.top = TopLogprobs(logits, k);
+  return score;
+}
+
 void ApplyBiasAndPenalties(const SamplingParams& params, const TokenHistory& history,
                            absl::Span<float> logits) {
   const auto vocab = static_cast<int32_t>(logits.size());

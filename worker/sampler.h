@@ -27,6 +27,11 @@ float LogProbability(absl::Span<const float> logits, int32_t token);
 // The k most likely tokens as (id, log softmax), highest first, ties by lower id.
 std::vector<std::pair<int32_t, float>> TopLogprobs(absl::Span<const float> logits, int32_t k);
 
+// `token`'s log-probability (LogProbability's value), its rank (vLLM's: the number of tokens whose
+// logit is at least as high, itself included) and the k most likely tokens (TopLogprobs's): a
+// prompt token's score.
+TokenLogprob ScoreToken(absl::Span<const float> logits, int32_t token, int32_t k);
+
 // The tokens the penalties look at: the sequence's prompt and its outputs so far.
 struct TokenHistory {
   absl::Span<const int32_t> prompt;

@@ -1,5 +1,7 @@
 #include "server/api/openai_response.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
@@ -44,6 +46,12 @@ OJson CompletionLogprobs(const std::vector<TokenLogprobText>& tokens) {
         offset = OJson::array();
   for (const TokenLogprobText& t : tokens) {
     text.push_back(t.token);
+    if (t.no_logprob) {
+      logprob.push_back(nullptr);
+      top.push_back(nullptr);
+      offset.push_back(t.text_offset);
+      continue;
+    }
     logprob.push_back(t.logprob);
     OJson alternatives = OJson::object();
     for (const auto& [token, lp] : t.top) alternatives[token] = lp;
@@ -79,6 +87,30 @@ OJson ChatLogprobs(const std::vector<TokenLogprobText>& tokens) {
   return {{"content", content}};
 }
 
+OJson PromptLogprobsJson(const PromptLogprobs& tokens) {
+  OJson list = OJson::array();
+  list.push_back(nullptr);
+  for (const std::vector<PromptTokenAlternative>& alternatives : tokens) {
+    OJson entry = OJson::object();
+    for (const PromptTokenAlternative& a : alternatives) {
+      entry[std::to_string(a.token_id)] = {
+          {"logprob", a.logprob}, {"rank", a.rank}, {"decoded_token", a.decoded_token}};
+    }
+    list.push_back(std::move(entry));
+  }
+  return list;
+}
+
+// A chat response's "prompt_logprobs": the first choice's that has them.
+void SetChatPromptLogprobs(absl::Span<const ChatChoice> choices, OJson& j) {
+  for (const ChatChoice& c : choices) {
+    if (c.prompt_logprobs.has_value()) {
+      j["prompt_logprobs"] = PromptLogprobsJson(*c.prompt_logprobs);
+      return;
+    }
+  }
+}
+
 }  // namespace
 
 std::string UsageJson(const Usage& usage) { return Dump(UsageObject(usage)); }
@@ -92,6 +124,7 @@ std::string CompletionJson(const ResponseHeader& header, absl::Span<const Comple
                     {"text", c.text},
                     {"logprobs", c.logprobs ? CompletionLogprobs(*c.logprobs) : OJson()},
                     {"finish_reason", FinishReason(c.finish_reason)}});
+    if (c.prompt_logprobs) list.back()["prompt_logprobs"] = PromptLogprobsJson(*c.prompt_logprobs);
   }
   j["choices"] = std::move(list);
   SetUsage(usage, include_usage, j);
@@ -109,6 +142,7 @@ std::string ChatCompletionJson(const ResponseHeader& header, absl::Span<const Ch
                     {"finish_reason", FinishReason(c.finish_reason)}});
   }
   j["choices"] = std::move(list);
+  SetChatPromptLogprobs(choices, j);
   j["usage"] = UsageObject(usage);
   return Dump(j);
 }
@@ -127,6 +161,7 @@ std::string ChatChunkJson(const ResponseHeader& header, absl::Span<const ChatCho
                     {"finish_reason", FinishReason(c.finish_reason)}});
   }
   j["choices"] = std::move(list);
+  SetChatPromptLogprobs(choices, j);
   SetUsage(usage, include_usage, j);
   return Dump(j);
 }

@@ -28,13 +28,28 @@ struct TokenLogprobText {
   float logprob = 0.0f;
   std::vector<std::pair<std::string, float>> top;
   int32_t text_offset = 0;  // completions only: where the token starts in the choice's text
+  // Completions' echo: the prompt's first token, which has no context: logprob and
+  // top_logprobs are null (OpenAI's echo semantics).
+  bool no_logprob = false;
 };
+
+// vLLM's prompt_logprobs: one entry per prompt token from index 1, each the token itself and its
+// most likely alternatives. Rendered as a list whose first entry is null (token 0 has no
+// context), then {"<token id>": {"logprob", "rank", "decoded_token"}} per token.
+struct PromptTokenAlternative {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+  int32_t rank = 0;
+  std::string decoded_token;
+};
+using PromptLogprobs = std::vector<std::vector<PromptTokenAlternative>>;
 
 struct CompletionChoice {
   int32_t index = 0;
   std::string text;
   std::optional<std::string> finish_reason;  // unset: null (a chunk before the last)
   std::optional<std::vector<TokenLogprobText>> logprobs;
+  std::optional<PromptLogprobs> prompt_logprobs;  // "prompt_logprobs" in the choice when set
 };
 
 struct ChatChoice {
@@ -43,6 +58,9 @@ struct ChatChoice {
   std::string content;
   std::optional<std::string> finish_reason;
   std::optional<std::vector<TokenLogprobText>> logprobs;
+  // vLLM puts a chat's prompt_logprobs beside "choices" (every choice shares the prompt): the
+  // first choice that has them sets the response's (or chunk's) "prompt_logprobs".
+  std::optional<PromptLogprobs> prompt_logprobs;
 };
 
 // {"id", "object": "text_completion", "created", "model", "choices": [{"index", "text",

@@ -14,6 +14,7 @@ void AppendResponse(v1::GenerateResponse next, v1::GenerateResponse& into) {
   into.mutable_token_ids()->MergeFrom(next.token_ids());
   into.mutable_text()->append(next.text());
   into.mutable_logprobs()->MergeFrom(next.logprobs());
+  into.mutable_prompt_logprobs()->MergeFrom(next.prompt_logprobs());
   if (next.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     into.set_finish_reason(next.finish_reason());
   }

@@ -86,6 +86,13 @@ absl::StatusOr<serving::GenerationRequest> ToGenerationRequest(
     request.stop_token_ids.push_back(s.stop_token_ids(i));
   }
   request.ignore_eos = s.ignore_eos();
+  if (s.has_prompt_logprobs()) {
+    if (s.prompt_logprobs() < 0 || s.prompt_logprobs() > api::kMaxTopLogprobs) {
+      return InvalidArgument("prompt_logprobs must be in [0, ", api::kMaxTopLogprobs, "], got ",
+                             s.prompt_logprobs());
+    }
+    request.prompt_logprobs = s.prompt_logprobs();
+  }
   request.prompt_token_ids = std::move(prompt_token_ids);
   return request;
 }
@@ -122,18 +129,20 @@ v1::GenerateResponse ToResponse(const serving::GenerationDelta& delta, const Tok
   v1::GenerateResponse response;
   response.mutable_token_ids()->Add(delta.token_ids.begin(), delta.token_ids.end());
   response.set_text(delta.text);
-  for (const TokenLogprob& lp : delta.logprobs) {
-    v1::TokenLogprob* out = response.add_logprobs();
+  auto add = [&](const TokenLogprob& lp, v1::TokenLogprob* out) {
     out->set_token_id(lp.token_id);
     out->set_token(TokenText(tokenizer, lp.token_id));
     out->set_logprob(lp.logprob);
+    out->set_rank(lp.rank);
     for (const auto& [id, logprob] : lp.top) {
       v1::TopLogprob* top = out->add_top_logprobs();
       top->set_token_id(id);
       top->set_token(TokenText(tokenizer, id));
       top->set_logprob(logprob);
     }
-  }
+  };
+  for (const TokenLogprob& lp : delta.logprobs) add(lp, response.add_logprobs());
+  for (const TokenLogprob& lp : delta.prompt_logprobs) add(lp, response.add_prompt_logprobs());
   if (delta.finish_reason.has_value()) {
     response.set_finish_reason(ToFinishReason(*delta.finish_reason));
     v1::Usage* usage = response.mutable_usage();

@@ -1,5 +1,6 @@
 #include "server/http/generation_job.h"
 
+#include <algorithm>
 #include <mutex>
 #include <utility>
 
@@ -30,9 +31,6 @@ api::ApiError ServerError(std::string message) {
 std::optional<api::ApiError> CheckCommon(const api::CommonFields& r,
                                          const serving::ServedModel& model) {
   if (r.model != model.name) return ModelNotFound(r.model);
-  if (r.prompt_logprobs.has_value()) {
-    return api::InvalidRequest("prompt_logprobs is not supported", "prompt_logprobs");
-  }
   LogUnknownFieldsOnce(r.unknown_fields);
   return std::nullopt;
 }
@@ -157,6 +155,15 @@ api::ApiOr<std::unique_ptr<GenerationJob>> GenerationJob::Create(
   defaults.temperature = kDefaultTemperature;
   const SamplingParams sampling = api::ToSamplingParams(common->sampling, defaults);
   job->logprobs_ = sampling.logprobs;
+  job->top_logprobs_ = sampling.top_logprobs;
+  job->prompt_logprobs_ = common->prompt_logprobs;
+  // OpenAI's echo with logprobs scores the prompt too (vLLM asks the engine for prompt logprobs).
+  job->echo_logprobs_ = completion.has_value() && completion->echo && sampling.logprobs;
+  std::optional<int32_t> engine_prompt_logprobs = job->prompt_logprobs_;
+  if (job->echo_logprobs_) {
+    engine_prompt_logprobs = std::max(engine_prompt_logprobs.value_or(0), sampling.top_logprobs);
+    for (const PromptIds& p : prompts) job->prompt_ids_.push_back(p.ids);
+  }
   for (size_t p = 0; p < prompts.size(); ++p) {
     if (model.log_prompts && kind == JobKind::kCompletion) {
       LOG(INFO) << "prompt " << p << ": " << completion->prompts[p].text;
@@ -172,6 +179,7 @@ api::ApiOr<std::unique_ptr<GenerationJob>> GenerationJob::Create(
       g.stop = common->sampling.stop;
       g.stop_token_ids = common->sampling.stop_token_ids;
       g.ignore_eos = common->sampling.ignore_eos.value_or(false);
+      g.prompt_logprobs = engine_prompt_logprobs;
       job->requests_.push_back(std::move(g));
       Choice c;
       c.prompt = p;
@@ -183,12 +191,62 @@ api::ApiOr<std::unique_ptr<GenerationJob>> GenerationJob::Create(
   return job;
 }
 
+std::string GenerationJob::TokenText(int32_t id) const {
+  absl::StatusOr<std::string> text = model_.tokenizer->Decode({id}, false);
+  return text.ok() ? *text : std::string();
+}
+
+api::PromptLogprobs GenerationJob::PromptLogprobTexts(
+    const std::vector<TokenLogprob>& scores) const {
+  const size_t top = static_cast<size_t>(prompt_logprobs_.value_or(0));
+  api::PromptLogprobs out;
+  out.reserve(scores.size());
+  for (const TokenLogprob& score : scores) {
+    // The token itself, then its alternatives (rank i + 1), each id once (vLLM's dict).
+    std::vector<api::PromptTokenAlternative>& entry = out.emplace_back();
+    entry.push_back({.token_id = score.token_id,
+                     .logprob = score.logprob,
+                     .rank = score.rank,
+                     .decoded_token = TokenText(score.token_id)});
+    for (size_t i = 0; i < std::min(top, score.top.size()); ++i) {
+      const auto& [id, logprob] = score.top[i];
+      if (id == score.token_id) continue;
+      entry.push_back({.token_id = id,
+                       .logprob = logprob,
+                       .rank = static_cast<int32_t>(i + 1),
+                       .decoded_token = TokenText(id)});
+    }
+  }
+  return out;
+}
+
+std::vector<api::TokenLogprobText> GenerationJob::EchoLogprobTexts(
+    const Choice& c, const std::vector<TokenLogprob>& scores) const {
+  const std::vector<int32_t>& ids = prompt_ids_[c.prompt];
+  std::vector<api::TokenLogprobText> out;
+  int32_t offset = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    api::TokenLogprobText t;
+    t.token = TokenText(ids[i]);
+    t.text_offset = offset;
+    offset += static_cast<int32_t>(t.token.size());
+    if (i == 0 || i - 1 >= scores.size()) {
+      t.no_logprob = true;
+    } else {
+      const TokenLogprob& score = scores[i - 1];
+      t.logprob = score.logprob;
+      const size_t top = std::min(score.top.size(), static_cast<size_t>(top_logprobs_));
+      for (size_t k = 0; k < top; ++k)
+        t.top.emplace_back(TokenText(score.top[k].first), score.top[k].second);
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 std::vector<api::TokenLogprobText> GenerationJob::LogprobTexts(
     Choice& c, const std::vector<TokenLogprob>& logprobs) const {
-  auto token_text = [this](int32_t id) {
-    absl::StatusOr<std::string> text = model_.tokenizer->Decode({id}, false);
-    return text.ok() ? *text : std::string();
-  };
+  auto token_text = [this](int32_t id) { return TokenText(id); };
   std::vector<api::TokenLogprobText> out;
   out.reserve(logprobs.size());
   for (const TokenLogprob& lp : logprobs) {
@@ -225,7 +283,17 @@ std::string GenerationJob::OnDelta(size_t index, serving::GenerationDelta delta)
   Choice& c = choices_[index];
   if (c.finish_reason.has_value()) return "";  // defensive: nothing follows the last delta
   std::vector<api::TokenLogprobText> logprobs;
-  if (logprobs_) logprobs = LogprobTexts(c, delta.logprobs);
+  std::optional<api::PromptLogprobs> prompt_logprobs;
+  if (!c.prompt_logprobs.has_value() &&
+      (!delta.prompt_logprobs.empty() || !delta.token_ids.empty())) {
+    // The engine sends them with the first token (none when the prompt is one token long).
+    if (prompt_logprobs_.has_value()) prompt_logprobs = PromptLogprobTexts(delta.prompt_logprobs);
+    if (echo_logprobs_) logprobs = EchoLogprobTexts(c, delta.prompt_logprobs);
+    c.prompt_logprobs = prompt_logprobs.value_or(api::PromptLogprobs());
+  }
+  if (logprobs_) {
+    for (auto& lp : LogprobTexts(c, delta.logprobs)) logprobs.push_back(std::move(lp));
+  }
   const bool last = delta.finish_reason.has_value();
   if (last) {
     c.finish_reason = delta.finish_reason;
@@ -242,7 +310,7 @@ std::string GenerationJob::OnDelta(size_t index, serving::GenerationDelta delta)
     return api::SseEvent(
         api::ErrorBody(ServerError(delta.error.empty() ? "the generation failed" : delta.error)));
   }
-  if (!last && delta.text.empty() && logprobs.empty()) return "";
+  if (!last && delta.text.empty() && logprobs.empty() && !prompt_logprobs.has_value()) return "";
   const int32_t i = static_cast<int32_t>(index);
   std::optional<std::vector<api::TokenLogprobText>> lp;
   if (logprobs_) lp = std::move(logprobs);
@@ -250,11 +318,13 @@ std::string GenerationJob::OnDelta(size_t index, serving::GenerationDelta delta)
     api::ChatChoice chunk{.index = i, .content = std::move(delta.text)};
     chunk.finish_reason = delta.finish_reason;
     chunk.logprobs = std::move(lp);
+    chunk.prompt_logprobs = std::move(prompt_logprobs);
     return api::SseEvent(api::ChatChunkJson(header_, {chunk}, nullptr, include_usage_));
   }
   api::CompletionChoice chunk{.index = i, .text = std::move(delta.text)};
   chunk.finish_reason = delta.finish_reason;
   chunk.logprobs = std::move(lp);
+  chunk.prompt_logprobs = std::move(prompt_logprobs);
   return api::SseEvent(api::CompletionJson(header_, {chunk}, nullptr, include_usage_));
 }
 
@@ -296,6 +366,7 @@ std::string GenerationJob::Finish(int* status) {
       api::ChatChoice c{.index = static_cast<int32_t>(i), .content = choices_[i].text};
       c.finish_reason = choices_[i].finish_reason;
       if (logprobs_) c.logprobs = choices_[i].logprobs;
+      if (prompt_logprobs_.has_value()) c.prompt_logprobs = choices_[i].prompt_logprobs;
       out.push_back(std::move(c));
     }
     return api::ChatCompletionJson(header_, out, usage);
@@ -306,6 +377,7 @@ std::string GenerationJob::Finish(int* status) {
                             .text = choices_[i].echo + choices_[i].text};
     c.finish_reason = choices_[i].finish_reason;
     if (logprobs_) c.logprobs = choices_[i].logprobs;
+    if (prompt_logprobs_.has_value()) c.prompt_logprobs = choices_[i].prompt_logprobs;
     out.push_back(std::move(c));
   }
   return api::CompletionJson(header_, out, &usage);

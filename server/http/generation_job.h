@@ -51,6 +51,7 @@ class GenerationJob {
     std::string text;         // generated text so far (non-streaming)
     int32_t text_offset = 0;  // completions' logprobs: where the next token starts
     std::vector<api::TokenLogprobText> logprobs;
+    std::optional<api::PromptLogprobs> prompt_logprobs;  // once the engine has sent them
     std::optional<std::string> finish_reason;
     std::string error;
     Usage usage;
@@ -60,6 +61,13 @@ class GenerationJob {
   // The engine's logprobs as text; advances the choice's text offset.
   std::vector<api::TokenLogprobText> LogprobTexts(Choice& c,
                                                   const std::vector<TokenLogprob>& logprobs) const;
+  // The engine's prompt logprobs in vLLM's shape, `top` alternatives each.
+  api::PromptLogprobs PromptLogprobTexts(const std::vector<TokenLogprob>& scores) const;
+  // Completions' echo with logprobs: the prompt's tokens as logprobs entries (the first null),
+  // offsets from 0 in the echoed text.
+  std::vector<api::TokenLogprobText> EchoLogprobTexts(
+      const Choice& c, const std::vector<TokenLogprob>& scores) const;
+  std::string TokenText(int32_t id) const;
   Usage TotalUsage() const;
 
   const JobKind kind_;
@@ -68,6 +76,10 @@ class GenerationJob {
   bool stream_ = false;
   bool include_usage_ = false;
   bool logprobs_ = false;
+  int32_t top_logprobs_ = 0;
+  std::optional<int32_t> prompt_logprobs_;        // what the client asked for
+  bool echo_logprobs_ = false;                    // completions' echo + logprobs
+  std::vector<std::vector<int32_t>> prompt_ids_;  // each prompt's tokens, for echo_logprobs_
   std::vector<serving::GenerationRequest> requests_;
   std::vector<Choice> choices_;
   size_t num_finished_ = 0;

@@ -130,6 +130,7 @@ absl::StatusOr<RequestId> ServingEngine::Submit(GenerationRequest request, Delta
   engine_request.max_tokens = request.max_tokens;
   engine_request.stop_token_ids = std::move(request.stop_token_ids);
   engine_request.ignore_eos = request.ignore_eos;
+  engine_request.prompt_logprobs = request.prompt_logprobs;
   absl::Status submitted = state_->engine->Submit(std::move(engine_request),
                                                   [this](const RequestOutput& o) { OnOutput(o); });
   if (!submitted.ok()) {
@@ -170,6 +171,7 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
   }
   Stream& s = *stream;
   GenerationDelta delta;
+  delta.prompt_logprobs = o.prompt_logprobs;
   for (size_t i = 0; i < o.token_ids.size(); ++i) {
     if (s.output.stopped() || !s.error.empty()) break;
     absl::StatusOr<bool> stopped = s.output.Push(o.token_ids[i]);
@@ -217,7 +219,9 @@ void ServingEngine::OnOutput(const RequestOutput& o) {
     s.text_sent = releasable;
   }
   if (!last) {
-    if (!delta.token_ids.empty() || !delta.text.empty()) s.on_delta(std::move(delta));
+    if (!delta.token_ids.empty() || !delta.text.empty() || !delta.prompt_logprobs.empty()) {
+      s.on_delta(std::move(delta));
+    }
     return;
   }
   if (m != nullptr || options_.request_log.has_value()) {

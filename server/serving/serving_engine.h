@@ -38,6 +38,8 @@ struct GenerationRequest {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   std::string log_id;  // the front end's id for the finish log line ("cmpl-…:0"); empty: numeric
+  // Request::prompt_logprobs: unset, none; k, each prompt token's logprob and k alternatives.
+  std::optional<int32_t> prompt_logprobs;
 };
 
 // One piece of a generation's stream. Text is released only once no stop string can still
@@ -46,6 +48,9 @@ struct GenerationDelta {
   std::string text;                    // new text (the detokenizer holds back partial characters)
   std::vector<int32_t> token_ids;      // tokens generated since the previous delta
   std::vector<TokenLogprob> logprobs;  // one per token_ids entry when sampling.logprobs
+  // GenerationRequest::prompt_logprobs: one per prompt token from index 1, on the first delta
+  // that has tokens (RequestOutput::prompt_logprobs).
+  std::vector<TokenLogprob> prompt_logprobs;
   // Set on the last delta only: "stop" (EOS, a stop token or a stop string), "length", "abort"
   // (Abort, shutdown) or "error" (then `error` says why).
   std::optional<std::string> finish_reason;

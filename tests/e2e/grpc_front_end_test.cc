@@ -38,6 +38,8 @@ class Collector {
       if (d.finish_reason.has_value()) done_ = true;
       for (int32_t id : d.token_ids) tokens_.push_back(id);
       text_ += d.text;
+      prompt_logprobs_.insert(prompt_logprobs_.end(), d.prompt_logprobs.begin(),
+                              d.prompt_logprobs.end());
       cv_.notify_all();
     };
   }
@@ -53,6 +55,10 @@ class Collector {
     Wait();
     return tokens_;
   }
+  std::vector<TokenLogprob> prompt_logprobs() {
+    Wait();
+    return prompt_logprobs_;
+  }
 
  private:
   std::mutex mu_;
@@ -60,6 +66,7 @@ class Collector {
   bool done_ = false;
   std::string text_;
   std::vector<int32_t> tokens_;
+  std::vector<TokenLogprob> prompt_logprobs_;
 };
 
 // A whole Generate/Chat stream as the client saw it.
@@ -306,6 +313,59 @@ TEST_F(GrpcFrontEndTest, LogprobsOfGreedyTokensAreTheirTopAlternative) {
   EXPECT_EQ(seen, 12);
 }
 
+TEST_F(GrpcFrontEndTest, PromptLogprobsComeOnceWithTheFirstTokens) {
+  Serve();
+  const std::vector<int32_t> prompt = Encode("Once upon a time there was");
+  serving::GenerationRequest direct_request = Greedy(prompt, 6);
+  direct_request.prompt_logprobs = 2;
+  Collector direct;
+  ASSERT_TRUE(engine_->Submit(direct_request, direct.Callback()).ok());
+  const std::vector<TokenLogprob> expected = direct.prompt_logprobs();
+
+  v1::GenerateRequest r = GreedyText("Once upon a time there was", 6);
+  r.mutable_sampling()->set_prompt_logprobs(2);
+  const Stream s = Generate(r);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  int with_prompt_logprobs = 0;
+  bool seen_tokens = false;
+  for (const v1::GenerateResponse& response : s.responses) {
+    if (response.prompt_logprobs_size() > 0) {
+      ++with_prompt_logprobs;
+      EXPECT_FALSE(seen_tokens) << "after the first tokens";
+      EXPECT_GT(response.token_ids_size(), 0);
+    }
+    seen_tokens = seen_tokens || response.token_ids_size() > 0;
+  }
+  EXPECT_EQ(with_prompt_logprobs, 1);
+  const v1::GenerateResponse& first = s.responses.front();
+  // One per prompt token after the first, the same as the engine's.
+  ASSERT_EQ(first.prompt_logprobs_size(), static_cast<int>(prompt.size()) - 1);
+  ASSERT_EQ(expected.size(), prompt.size() - 1);
+  for (int i = 0; i < first.prompt_logprobs_size(); ++i) {
+    const v1::TokenLogprob& lp = first.prompt_logprobs(i);
+    EXPECT_EQ(lp.token_id(), prompt[i + 1]);
+    EXPECT_EQ(lp.token(), *tokenizer_->Decode({lp.token_id()}, false));
+    EXPECT_LE(lp.logprob(), 0.0f);
+    EXPECT_GE(lp.rank(), 1);
+    ASSERT_EQ(lp.top_logprobs_size(), 2);
+    EXPECT_GE(lp.top_logprobs(0).logprob(), lp.top_logprobs(1).logprob());
+    if (lp.rank() == 1) {
+      EXPECT_EQ(lp.top_logprobs(0).token_id(), lp.token_id());
+    }
+    if (lp.rank() > 2) {
+      EXPECT_LT(lp.logprob(), lp.top_logprobs(1).logprob());
+    }
+    EXPECT_FLOAT_EQ(lp.logprob(), expected[i].logprob);
+    EXPECT_EQ(lp.rank(), expected[i].rank);
+  }
+  // Without the field, none.
+  const Stream plain = Generate(GreedyText("Once upon a time there was", 6));
+  ASSERT_TRUE(plain.status.ok());
+  for (const v1::GenerateResponse& response : plain.responses) {
+    EXPECT_EQ(response.prompt_logprobs_size(), 0);
+  }
+}
+
 TEST_F(GrpcFrontEndTest, ChatRendersTheTemplateAndGenerates) {
   Serve();
   // Llama 2's template around one user turn (as transformers renders it).
@@ -501,6 +561,10 @@ TEST_F(GrpcFrontEndTest, BadRequestsGetInvalidArgumentNamingTheProblem) {
   r = GreedyText("Hello", 4);
   r.mutable_sampling()->set_top_logprobs(21);
   expect_invalid(r, "top_logprobs");
+
+  r = GreedyText("Hello", 4);
+  r.mutable_sampling()->set_prompt_logprobs(21);
+  expect_invalid(r, "prompt_logprobs");
 
   r = GreedyText("Hello", 4);
   (*r.mutable_sampling()->mutable_logit_bias())[5] = 500;

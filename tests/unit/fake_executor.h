@@ -25,6 +25,9 @@ class FakeExecutor : public Executor {
  public:
   static constexpr int32_t kUnwritten = -1;
   static constexpr float kLogprob = -0.5f;  // every sampled token's
+  // A prompt token's "logprob" names its position p: -p, so tests see which positions a request
+  // got scored (each once, in order).
+  static float PromptLogprob(int32_t position) { return -static_cast<float>(position); }
 
   FakeExecutor(int32_t num_blocks, int32_t block_size)
       : block_size_(block_size), kv_(static_cast<size_t>(num_blocks) * block_size, kUnwritten) {}
@@ -46,6 +49,7 @@ class FakeExecutor : public Executor {
     for (const ScheduledChunk& chunk : plan.chunks) {
       absl::StatusOr<int32_t> token = Run(chunk);
       if (!token.ok()) return token.status();
+      if (chunk.prompt_logprobs.has_value()) result.prompt_logprobs.push_back(ScorePrompt(chunk));
       if (chunk.sample) {
         result.sampled.push_back(
             SampledToken{.request_id = chunk.request_id, .token_id = *token, .logprob = kLogprob});
@@ -78,6 +82,19 @@ class FakeExecutor : public Executor {
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
+  }
+
+  // Row i scores the prompt token after it (ScheduledChunk::prompt_logprobs).
+  static ChunkPromptLogprobs ScorePrompt(const ScheduledChunk& chunk) {
+    ChunkPromptLogprobs scores{.request_id = chunk.request_id};
+    for (int32_t i = 0; i < chunk.num_prompt_scores(); ++i) {
+      const int32_t next = i + 1 < static_cast<int32_t>(chunk.token_ids.size())
+                               ? chunk.token_ids[i + 1]
+                               : chunk.next_prompt_token;
+      scores.logprobs.push_back(
+          TokenLogprob{.token_id = next, .logprob = PromptLogprob(chunk.start_position + i + 1)});
+    }
+    return scores;
   }
 
   size_t Slot(const ScheduledChunk& chunk, int32_t position) const {

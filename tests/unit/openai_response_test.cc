@@ -47,6 +47,39 @@ TEST(CompletionJsonTest, FullResponseRoundTrips) {
   EXPECT_EQ(j["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
 }
 
+TEST(CompletionJsonTest, PromptLogprobsAndEchoedFirstToken) {
+  const PromptLogprobs prompt = {
+      {{.token_id = 7, .logprob = -3.0f, .rank = 4, .decoded_token = " cat"},
+       {.token_id = 9, .logprob = -0.25f, .rank = 1, .decoded_token = " dog"}}};
+  std::vector<TokenLogprobText> echo = {
+      {.token = "<s>", .text_offset = 0, .no_logprob = true},
+      {.token = " cat", .logprob = -3.0f, .top = {{" dog", -0.25f}}, .text_offset = 3}};
+  const CompletionChoice choices[] = {{.index = 0,
+                                       .text = "<s> cat",
+                                       .finish_reason = "length",
+                                       .logprobs = echo,
+                                       .prompt_logprobs = prompt},
+                                      {.index = 1, .text = "x"}};
+  const json j = json::parse(CompletionJson(kHeader, choices, nullptr));
+  const json& plp = j["choices"][0]["prompt_logprobs"];
+  ASSERT_EQ(plp.size(), 2u);
+  EXPECT_TRUE(plp[0].is_null());
+  EXPECT_EQ(plp[1]["7"], json({{"logprob", -3.0}, {"rank", 4}, {"decoded_token", " cat"}}));
+  EXPECT_EQ(plp[1]["9"]["rank"], 1);
+  EXPECT_FALSE(j["choices"][1].contains("prompt_logprobs"));
+  const json& lp = j["choices"][0]["logprobs"];
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["token_logprobs"][1], -3.0);
+  EXPECT_EQ(lp["text_offset"], json({0, 3}));
+
+  // Chat: beside "choices".
+  const ChatChoice chat[] = {{.index = 0, .content = "hi", .prompt_logprobs = prompt}};
+  const json c = json::parse(ChatCompletionJson(kHeader, chat, Usage{}));
+  EXPECT_EQ(c["prompt_logprobs"], plp);
+  EXPECT_FALSE(c["choices"][0].contains("prompt_logprobs"));
+}
+
 TEST(CompletionJsonTest, ChunksAndUsage) {
   const CompletionChoice chunk[] = {{.index = 0, .text = "Hel"}};
   json j = json::parse(CompletionJson(kHeader, chunk, nullptr));

@@ -66,6 +66,7 @@ struct Step {
 
 struct Collected {
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> prompt_logprobs;
   std::optional<FinishReason> finish;
   Usage usage;
 };
@@ -73,7 +74,7 @@ struct Collected {
 std::string Render(const StepPlan& plan) {
   return absl::StrJoin(plan.chunks, " ", [](std::string* out, const ScheduledChunk& c) {
     absl::StrAppend(out, c.request_id, "@", c.start_position, "+", c.token_ids.size(),
-                    c.sample ? "*" : "");
+                    c.sample ? "*" : "", c.prompt_logprobs.has_value() ? "p" : "");
   });
 }
 
@@ -165,6 +166,13 @@ class SchedulerSim {
     EXPECT_EQ(chunk.sample, end == known.size());
     EXPECT_EQ(chunk.output_index, static_cast<int32_t>(produced.size()));
     EXPECT_EQ(chunk.block_table.size(), static_cast<size_t>(blocks_.BlocksFor(end)));
+    if (chunk.prompt_logprobs.has_value()) {
+      // Scored chunks lie in the prompt and carry the prompt token after their last row.
+      EXPECT_EQ(chunk.prompt_logprobs, request.prompt_logprobs);
+      EXPECT_LE(end, request.prompt_token_ids.size());
+      EXPECT_EQ(chunk.next_prompt_token,
+                end < request.prompt_token_ids.size() ? request.prompt_token_ids[end] : -1);
+    }
   }
 
   void Collect(const RequestOutput& out) {
@@ -173,6 +181,12 @@ class SchedulerSim {
     const bool wants_logprobs = requests_.at(out.id).sampling.logprobs;
     EXPECT_EQ(out.logprobs.size(), wants_logprobs ? out.token_ids.size() : 0);
     for (const TokenLogprob& lp : out.logprobs) EXPECT_EQ(lp.logprob, FakeExecutor::kLogprob);
+    // Prompt logprobs come once, with the first token.
+    if (!out.prompt_logprobs.empty()) {
+      EXPECT_TRUE(got.tokens.empty() && !out.token_ids.empty()) << "request " << out.id;
+    }
+    got.prompt_logprobs.insert(got.prompt_logprobs.end(), out.prompt_logprobs.begin(),
+                               out.prompt_logprobs.end());
     got.tokens.insert(got.tokens.end(), out.token_ids.begin(), out.token_ids.end());
     got.finish = out.finish_reason;
     if (out.finish_reason) {
@@ -283,6 +297,86 @@ TEST(SchedulerTest, PrefixCacheHitsReduceComputedTokens) {
   EXPECT_EQ(sim.output(3).usage.cached_tokens, 4);
   EXPECT_EQ(sim.blocks().prefix_cache_queries(), 9 + 9 + 7);
   EXPECT_EQ(sim.blocks().prefix_cache_hits(), 8 + 4);
+  sim.ExpectSoloOutputs();
+}
+
+Request WithPromptLogprobs(Request request, int32_t k) {
+  request.prompt_logprobs = k;
+  return request;
+}
+
+// Positions 1..n-1 of `prompt`, each once, in order (FakeExecutor's scores name positions).
+void ExpectEveryPromptPositionOnce(const std::vector<TokenLogprob>& got,
+                                   const std::vector<int32_t>& prompt) {
+  ASSERT_EQ(got.size(), prompt.size() - 1);
+  for (size_t p = 1; p < prompt.size(); ++p) {
+    EXPECT_EQ(got[p - 1].token_id, prompt[p]) << "position " << p;
+    EXPECT_EQ(got[p - 1].logprob, FakeExecutor::PromptLogprob(static_cast<int32_t>(p)))
+        << "position " << p;
+  }
+}
+
+TEST(SchedulerTest, PromptLogprobsBypassThePrefixCacheAndCoverEveryPosition) {
+  const std::vector<int32_t> shared = PromptOf(7, 10);
+  SchedulerSim sim(Config(64, 4), 16);
+  sim.Run({
+      {.arrivals = {Req(1, shared, 1)},
+       .chunks = "1@0+10*",
+       .finished = "1:length",
+       .num_free_blocks = 16},
+      // Request 2 could reuse both of request 1's full blocks; wanting prompt logprobs, it
+      // computes its whole prompt. Request 3 (same prompt, no prompt logprobs) still hits.
+      {.arrivals = {WithPromptLogprobs(Req(2, shared, 2), 3), Req(3, shared, 1)},
+       .chunks = "2@0+10*p 3@8+2*",
+       .finished = "3:length",
+       .num_running = 1,
+       .num_free_blocks = 13},
+      // Delivered: later chunks score nothing.
+      {.chunks = "2@10+1*", .finished = "2:length", .num_free_blocks = 16},
+  });
+  EXPECT_EQ(sim.output(2).usage.cached_tokens, 0);
+  EXPECT_EQ(sim.output(3).usage.cached_tokens, 8);
+  ExpectEveryPromptPositionOnce(sim.output(2).prompt_logprobs, shared);
+  EXPECT_TRUE(sim.output(1).prompt_logprobs.empty());
+  EXPECT_TRUE(sim.output(3).prompt_logprobs.empty());
+  sim.ExpectSoloOutputs();
+}
+
+TEST(SchedulerTest, ChunkedPromptLogprobsCarryTheNextPromptToken) {
+  const std::vector<int32_t> prompt = PromptOf(1, 10);
+  SchedulerSim sim(Config(4, 4), 16);
+  sim.Run({
+      {.arrivals = {WithPromptLogprobs(Req(1, prompt, 2), 0)},
+       .chunks = "1@0+4p",
+       .num_running = 1,
+       .num_free_blocks = 15},
+      {.chunks = "1@4+4p", .num_running = 1, .num_free_blocks = 14},
+      {.chunks = "1@8+2*p", .num_running = 1, .num_free_blocks = 13},
+      {.chunks = "1@10+1*", .finished = "1:length", .num_free_blocks = 16},
+  });
+  ExpectEveryPromptPositionOnce(sim.output(1).prompt_logprobs, prompt);
+  sim.ExpectSoloOutputs();
+}
+
+TEST(SchedulerTest, PromptLogprobsAreScoredAgainAfterPreemptionNotTwice) {
+  const std::vector<int32_t> prompt = PromptOf(2, 12);
+  SchedulerSim sim(Config(8, 4), 4);  // 16 tokens of KV
+  sim.Run({
+      {.arrivals = {Req(1, 4, 4), WithPromptLogprobs(Req(2, prompt, 1), 1)},
+       .chunks = "1@0+4* 2@0+4p",
+       .num_running = 2,
+       .num_free_blocks = 2},
+      // Request 2's next 7 tokens need two more blocks: it is preempted (itself the newest), its
+      // 4 scores dropped.
+      {.chunks = "1@4+1*", .num_running = 1, .num_waiting = 1, .num_free_blocks = 2},
+      // Recomputed from position 0, not from its cached block; preempted again next step.
+      {.chunks = "1@5+1* 2@0+7p", .num_running = 2},
+      {.chunks = "1@6+1*", .finished = "1:length", .num_waiting = 1, .num_free_blocks = 4},
+      {.chunks = "2@0+8p", .num_running = 1, .num_free_blocks = 2},
+      {.chunks = "2@8+4*p", .finished = "2:length", .num_free_blocks = 4},
+  });
+  EXPECT_EQ(sim.scheduler().num_preemptions(), 2);
+  ExpectEveryPromptPositionOnce(sim.output(2).prompt_logprobs, prompt);
   sim.ExpectSoloOutputs();
 }
 
@@ -461,6 +555,8 @@ TEST(SchedulerTest, InvalidRequestsAreRejected) {
   Request hot = Req(6, 4, 1);
   hot.sampling.temperature = -1.0f;
   EXPECT_TRUE(rejected(limited, hot)) << "negative temperature";
+  EXPECT_TRUE(rejected(limited, WithPromptLogprobs(Req(10, 4, 1), 21))) << "prompt_logprobs 21";
+  EXPECT_TRUE(rejected(limited, WithPromptLogprobs(Req(11, 4, 1), -1))) << "prompt_logprobs -1";
   EXPECT_TRUE(limited.Add(Req(7, 7, 1)).ok());
   EXPECT_EQ(limited.num_waiting(), 2);
 

@@ -67,10 +67,9 @@ class HttpErrorsTest(unittest.TestCase):
         body = json.dumps({"model": NAME, "prompt": "hi", "n": 17}).encode()
         self.assertError(self.post("/v1/completions", body), 400, param="n")
 
-    def test_prompt_logprobs_unsupported(self):
-        body = json.dumps({"model": NAME, "prompt": "hi", "prompt_logprobs": 1}).encode()
-        self.assertError(self.post("/v1/completions", body), 400,
-                         message="prompt_logprobs is not supported")
+    def test_prompt_logprobs_over_limit(self):
+        body = json.dumps({"model": NAME, "prompt": "hi", "prompt_logprobs": 21}).encode()
+        self.assertError(self.post("/v1/completions", body), 400, param="prompt_logprobs")
 
     def test_unknown_model(self):
         body = json.dumps({"model": "gpt-9", "prompt": "hi"}).encode()

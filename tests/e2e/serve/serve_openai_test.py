@@ -94,6 +94,69 @@ class OpenAiClientTest(unittest.TestCase):
             self.assertLessEqual(len(entry.top_logprobs), 2)
             self.assertAlmostEqual(entry.logprob, entry.top_logprobs[0].logprob, places=4)
 
+    def prompt_ids(self, **body):
+        return self.server.request("POST", "/tokenize", dict(model=NAME, **body))[2]["tokens"]
+
+    def check_prompt_logprobs(self, plp, ids, k):
+        """vLLM's shape: null, then per token {id: {logprob, rank, decoded_token}} holding the
+        token itself (with its rank) and its k most likely alternatives (ranks 1..k)."""
+        self.assertEqual(len(plp), len(ids))
+        self.assertIsNone(plp[0])
+        for token, entry in zip(ids[1:], plp[1:]):
+            self.assertIn(str(token), entry)
+            own = entry[str(token)]
+            self.assertGreaterEqual(own["rank"], 1)
+            self.assertLessEqual(own["logprob"], 0.0)
+            self.assertIsInstance(own["decoded_token"], str)
+            self.assertEqual(len(entry), k + (1 if own["rank"] > k else 0))
+            ranks = sorted(v["rank"] for key, v in entry.items() if key != str(token) or
+                           own["rank"] <= k)
+            self.assertEqual(ranks, list(range(1, k + 1)))
+            best = max(v["logprob"] for v in entry.values())
+            self.assertTrue(any(v["rank"] == 1 and v["logprob"] == best for v in entry.values()))
+
+    def test_prompt_logprobs(self):
+        ids = self.prompt_ids(prompt=PROMPT)
+        r = self.complete(max_tokens=4, extra_body={"prompt_logprobs": 2})
+        plp = r.choices[0].model_extra["prompt_logprobs"]
+        self.check_prompt_logprobs(plp, ids, 2)
+        # Not asked: no field. Streamed: once, with the same values.
+        self.assertNotIn("prompt_logprobs", self.complete(max_tokens=4).choices[0].model_extra)
+        chunks = list(self.complete(max_tokens=4, stream=True,
+                                    extra_body={"prompt_logprobs": 2}))
+        streamed = [c.choices[0].model_extra["prompt_logprobs"] for c in chunks
+                    if c.choices and c.choices[0].model_extra.get("prompt_logprobs")]
+        self.assertEqual(streamed, [plp])
+        # The prompt as token ids gives the same values.
+        by_ids = self.complete(prompt=ids, max_tokens=4, extra_body={"prompt_logprobs": 2})
+        self.assertEqual(by_ids.choices[0].model_extra["prompt_logprobs"], plp)
+
+    def test_echo_with_logprobs_scores_the_prompt(self):
+        ids = self.prompt_ids(prompt=PROMPT)
+        r = self.complete(echo=True, logprobs=2, max_tokens=4)
+        lp = r.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), len(ids) + r.usage.completion_tokens)
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        self.assertEqual(lp.text_offset[0], 0)
+        plp = self.complete(max_tokens=4, extra_body={"prompt_logprobs": 2}) \
+            .choices[0].model_extra["prompt_logprobs"]
+        for i in range(1, len(ids)):
+            self.assertAlmostEqual(lp.token_logprobs[i], plp[i][str(ids[i])]["logprob"], places=5)
+            self.assertLessEqual(len(lp.top_logprobs[i]), 2)
+        plain = self.complete(logprobs=2, max_tokens=4).choices[0].logprobs
+        self.assertEqual(lp.tokens[len(ids):], plain.tokens)
+
+    def test_chat_prompt_logprobs_match_completions_on_the_rendered_prompt(self):
+        ids = self.prompt_ids(messages=MESSAGES)
+        r = self.client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=4,
+                                                temperature=0, extra_body={"prompt_logprobs": 1})
+        plp = r.model_extra["prompt_logprobs"]  # vLLM: beside "choices", the prompt is shared
+        self.check_prompt_logprobs(plp, ids, 1)
+        self.assertEqual(r.usage.prompt_tokens, len(ids))
+        same = self.complete(prompt=ids, max_tokens=4, extra_body={"prompt_logprobs": 1})
+        self.assertEqual(same.choices[0].model_extra["prompt_logprobs"], plp)
+
     def test_n_with_seed_is_deterministic(self):
         kw = dict(max_tokens=20, temperature=1.0, seed=1234, n=3)
         a = self.complete(**kw)
