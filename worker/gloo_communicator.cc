@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -34,6 +35,22 @@ absl::Status StatusFromException(const char* what, const std::exception& e) {
   }
   return absl::UnavailableError(message);
 }
+
+// Adds the wall time from construction to destruction to `stats`, and one call.
+class Timed {
+ public:
+  explicit Timed(CollectiveStats& stats)
+      : stats_(stats), start_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    ++stats_.calls;
+    stats_.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  CollectiveStats& stats_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 // gloo writes to its sockets with writev, which raises SIGPIPE when a peer has gone; the broken
 // connection must become an error on this rank, not kill the process.
@@ -110,6 +127,11 @@ absl::Status GlooCommunicator::Run(const char* what, Fn&& fn) {
 }
 
 absl::Status GlooCommunicator::AllGather(const float* in, size_t count, float* out) {
+  Timed timed(stats_.all_gather);
+  return Gather(in, count, out);
+}
+
+absl::Status GlooCommunicator::Gather(const float* in, size_t count, float* out) {
   if (count == 0) return absl::OkStatus();
   if (size_ == 1) {
     std::memmove(out, in, count * sizeof(float));
@@ -127,8 +149,9 @@ absl::Status GlooCommunicator::AllGather(const float* in, size_t count, float* o
 
 absl::Status GlooCommunicator::AllReduceSum(float* data, size_t count) {
   if (count == 0 || size_ == 1) return absl::OkStatus();
+  Timed timed(stats_.all_reduce);
   gathered_.resize(count * size_);
-  absl::Status status = AllGather(data, count, gathered_.data());
+  absl::Status status = Gather(data, count, gathered_.data());
   if (!status.ok()) return status;
   // Rank order, element by element: ((x0 + x1) + x2) + ...
   std::copy(gathered_.begin(), gathered_.begin() + count, data);
@@ -145,6 +168,7 @@ absl::Status GlooCommunicator::Broadcast(float* data, size_t count, int root) {
         absl::StrCat("gloo broadcast: root ", root, " is not in a group of ", size_));
   }
   if (count == 0 || size_ == 1) return absl::OkStatus();
+  Timed timed(stats_.broadcast);
   return Run("broadcast", [&] {
     gloo::BroadcastOptions opts(context_);
     opts.setOutput(data, count);  // root sends from it, the others receive into it
@@ -156,6 +180,7 @@ absl::Status GlooCommunicator::Broadcast(float* data, size_t count, int root) {
 
 absl::Status GlooCommunicator::Barrier() {
   if (size_ == 1) return absl::OkStatus();
+  Timed timed(stats_.barrier);
   return Run("barrier", [&] {
     gloo::BarrierOptions opts(context_);
     opts.setTag(NextTag());

@@ -31,6 +31,16 @@ class Store;
 
 namespace kvfold {
 
+// How many collectives of one kind ran and the wall time they took on this rank (waiting for the
+// slowest peer included), for the tensor-parallel benchmark.
+struct CollectiveStats {
+  int64_t calls = 0;
+  double seconds = 0;
+};
+struct CommunicatorStats {
+  CollectiveStats all_reduce, all_gather, broadcast, barrier;
+};
+
 struct GlooOptions {
   int rank = 0;
   int size = 1;
@@ -66,6 +76,8 @@ class GlooCommunicator final : public Communicator {
   absl::Status AllGather(const float* in, size_t count, float* out) override;
   absl::Status Broadcast(float* data, size_t count, int root) override;
   absl::Status Barrier() override;
+  // The collectives so far. Read it on the thread that runs them (or once they have stopped).
+  CommunicatorStats stats() const { return stats_; }
 
  private:
   GlooCommunicator(int rank, int size, std::shared_ptr<gloo::rendezvous::Store> store,
@@ -75,6 +87,8 @@ class GlooCommunicator final : public Communicator {
   // failure (the context is unusable after one).
   template <typename Fn>
   absl::Status Run(const char* what, Fn&& fn);
+  // AllGather without the counting (AllReduceSum counts as one all-reduce).
+  absl::Status Gather(const float* in, size_t count, float* out);
   // A fresh tag per collective: every rank issues the same sequence, so tags match across ranks
   // and a rank that got out of step times out instead of exchanging the wrong buffers.
   uint32_t NextTag() { return next_tag_++; }
@@ -86,6 +100,7 @@ class GlooCommunicator final : public Communicator {
   uint32_t next_tag_ = 0;
   absl::Status failure_;
   std::vector<float> gathered_;  // AllReduceSum's all-gather buffer, reused across calls
+  CommunicatorStats stats_;
 };
 
 }  // namespace kvfold

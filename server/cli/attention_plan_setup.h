@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
 #include "worker/attention_plan.h"
+#include "worker/llama_model.h"
 #include "worker/model_config.h"
 #include "worker/weight_source.h"
 
@@ -21,8 +22,10 @@ absl::StatusOr<AttentionPlan> AttentionPlanFromFlags(const WeightSource& weights
 // 16 tokens = 4 sequences of 256 tokens (unfolded 2)": the KV cost of the plan and how many
 // full-length sequences the pool holds, with and without it in the same `memory_bytes` budget
 // (num_blocks 0: no pool part).
-std::string KvMemoryLine(const ModelConfig& config, const AttentionPlan& plan,
-                         const std::string& plan_name, DType kv_dtype, int32_t num_blocks,
-                         int32_t block_size, int32_t max_model_len, int64_t memory_bytes = 0);
+// Under tensor parallelism the bytes are one rank's (its KV heads), as is the budget, and the
+// line says so.
+std::string KvMemoryLine(const LlamaModel& model, const std::string& plan_name, DType kv_dtype,
+                         int32_t num_blocks, int32_t block_size, int32_t max_model_len,
+                         int64_t memory_bytes = 0);
 
 }  // namespace kvfold::cli

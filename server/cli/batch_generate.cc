@@ -195,9 +195,9 @@ int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, cons
                                      {.max_queued_requests = std::numeric_limits<int32_t>::max()});
   if (!engine.ok()) return fail(engine.status());
   const serving::PoolInfo& pool = (*engine)->pool();
-  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
-                            pool.kv_dtype, pool.num_blocks, pool.block_size,
-                            scheduler->max_model_len, pool.memory_bytes)
+  std::cerr << KvMemoryLine(model, absl::GetFlag(FLAGS_attention_plan), pool.kv_dtype,
+                            pool.num_blocks, pool.block_size, scheduler->max_model_len,
+                            pool.memory_bytes)
             << "\n";
   const Clock::time_point start = Clock::now();
   size_t live = 0, next_to_print = 0;

@@ -57,7 +57,9 @@ int Main(int argc, char** argv) {
   const std::string flags_file(command->flags_file);
   usage.contains_help_flags = [flags_file](absl::string_view path) {
     return absl::EndsWith(path, flags_file) || absl::EndsWith(path, "common_flags.cc") ||
-           absl::EndsWith(path, "engine_flags.cc");
+           absl::EndsWith(path, "engine_flags.cc") ||
+           ((flags_file == "serve_command.cc" || flags_file == "generate_command.cc") &&
+            absl::EndsWith(path, "tensor_parallel_flags.cc"));
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);

@@ -4,7 +4,10 @@
 #include "absl/strings/str_format.h"
 
 ABSL_FLAG(std::string, kv_cache_memory, "512MiB",
-          "KV cache budget, all layers (bytes; 512MiB, 2GiB and 1e9 are accepted)");
+          "KV cache budget, all layers (bytes; 512MiB, 2GiB and 1e9 are accepted). Under tensor "
+          "parallelism it is each rank's budget for its own KV heads (like vLLM's per-GPU "
+          "memory), so N ranks hold N times the bytes and the blocks count at a rank's bytes "
+          "per token");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto", "KV cache element type: auto (bf16), f32 or bf16");
 ABSL_FLAG(int, block_size, 16, "Tokens per KV cache block");
 ABSL_FLAG(int, max_num_seqs, 256, "Most sequences in one engine step");

@@ -37,13 +37,6 @@ ABSL_FLAG(float, top_p, 1.0f,
 ABSL_FLAG(float, min_p, 0.0f, "Drop tokens less likely than this times the top one (0: off)");
 ABSL_FLAG(float, repetition_penalty, 1.0f,
           "Penalize tokens seen in the prompt or output (HF semantics; 1: off)");
-ABSL_FLAG(int, tensor_parallel_size, 1,
-          "Ranks the model is split over (Megatron-style; on CPU each rank is a process on this "
-          "node). Must divide the model's KV heads and intermediate size");
-ABSL_FLAG(int, tensor_parallel_timeout, 30,
-          "Seconds a tensor-parallel rank waits for its peers (joining, or one collective) before "
-          "failing");
-
 namespace kvfold::cli {
 namespace {
 
@@ -71,7 +64,7 @@ absl::Status Generate(Loaded& l, const std::string& prompt, int max_tokens,
   }
   const int32_t capacity = std::min(config.MaxContext(), prompt_len + max_tokens);
   SequenceRunner runner(*l.model, *l.ops, capacity, kv_dtype);
-  std::cerr << KvMemoryLine(config, l.model->plan(), absl::GetFlag(FLAGS_attention_plan), kv_dtype,
+  std::cerr << KvMemoryLine(*l.model, absl::GetFlag(FLAGS_attention_plan), kv_dtype,
                             /*num_blocks=*/0, SequenceRunner::kBlockSize, capacity)
             << "\n";
   IncrementalDetokenizer detok(*l.tokenizer, /*skip_special_tokens=*/true, *ids);
@@ -153,8 +146,9 @@ int RunGenerate(const std::vector<std::string>& positional) {
   // Followers load the same model and plan with the same threads; they take the rest (batches,
   // KV cache geometry) from the leader's steps.
   absl::StatusOr<std::unique_ptr<TensorParallelGroup>> group = TensorParallelGroup::Join(
-      "generate", {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
-                   "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
+      "generate", path,
+      {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
+       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
   if (!group.ok()) {
     std::cerr << "kvfold generate: " << group.status().message() << "\n";
     return 1;
@@ -174,11 +168,14 @@ int RunGenerate(const std::vector<std::string>& positional) {
               << "\n";
     return 1;
   }
+  int64_t forwards = 0;  // for the collectives' per-step cost
   if (tp.size > 1) {
     Communicator& comm = *tp.comm;
-    loaded->model->set_before_forward([&comm](const ForwardBatch& batch, const KvCache& cache) {
-      return BroadcastStep(comm, batch, cache);
-    });
+    loaded->model->set_before_forward(
+        [&comm, &forwards](const ForwardBatch& batch, const KvCache& cache) {
+          ++forwards;
+          return BroadcastStep(comm, batch, cache);
+        });
   }
   const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);
   int code = 0;
@@ -190,6 +187,10 @@ int RunGenerate(const std::vector<std::string>& positional) {
              !s.ok()) {
     std::cerr << "kvfold generate: " << s.message() << "\n";
     code = 1;
+  }
+  if (tp.size > 1) {
+    // Where a tensor-parallel step's time goes: the leader's collectives (bench/RESULTS.md).
+    std::cerr << (*group)->StatsLine() << "; " << forwards << " forward steps" << std::endl;
   }
   if (code == 0) {
     if (absl::Status s = (*group)->Finish(); !s.ok()) {

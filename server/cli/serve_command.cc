@@ -1,13 +1,22 @@
 // `kvfold serve`: loads one model, starts the engine over the KV pool and the OpenAI-compatible
-// HTTP front end (and, once wired, the gRPC one), then serves until SIGTERM or SIGINT, when it
-// stops accepting, lets in-flight requests finish up to --drain-timeout and exits 0.
+// HTTP and gRPC front ends, then serves until SIGTERM or SIGINT, when it stops accepting, lets
+// in-flight requests finish up to --drain-timeout and exits 0.
+//
+// Tensor parallelism (tensor_parallel_launch.h): the leader serves, its followers (processes it
+// starts, or other nodes' `serve --node-rank R`) run its steps. When the group fails (a rank died
+// or stopped answering), the step in flight fails its requests, the engine is marked failed
+// (/ready 503, new requests 503), the remaining requests get their errors and the process exits 1;
+// a watchdog makes sure it never hangs on the way out.
 #include <signal.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -19,6 +28,7 @@
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/model_setup.h"
+#include "server/cli/tensor_parallel_launch.h"
 #include "server/grpc/grpc_front_end.h"
 #include "server/http/http_server.h"
 #include "server/metrics/request_log.h"
@@ -26,6 +36,7 @@
 #include "server/serving/chat_prompt.h"
 #include "server/serving/served_model.h"
 #include "server/serving/serving_engine.h"
+#include "worker/step_broadcast.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address the HTTP (and gRPC) front ends bind");
 ABSL_FLAG(int, port, 8000, "HTTP port (0: an ephemeral port, printed when listening)");
@@ -64,6 +75,37 @@ int Fail(const absl::Status& s, int code = 1) {
   return code;
 }
 
+// The tensor-parallel group failed: /ready already answers 503 and new requests are refused. The
+// step in flight has failed (or fails within --tensor-parallel-timeout) its requests; once they
+// have their errors, stop the front ends and exit 1. A watchdog exits regardless if any of that
+// hangs.
+int ExitAfterGroupFailure(serving::ServingEngine& engine, http::HttpServer& server,
+                          rpc::GrpcFrontEnd* grpc, TensorParallelGroup& group) {
+  std::cerr << "kvfold serve: the tensor-parallel group failed: " << engine.failure().message()
+            << "; exiting" << std::endl;
+  const int timeout = absl::GetFlag(FLAGS_tensor_parallel_timeout);
+  std::thread([timeout] {
+    std::this_thread::sleep_for(std::chrono::seconds(timeout + 30));
+    std::cerr << "kvfold serve: shutdown after the tensor-parallel failure hung; exiting"
+              << std::endl;
+    _exit(1);
+  }).detach();
+  if (grpc != nullptr) grpc->SetServing(false);
+  if (!engine.WaitIdle(absl::Seconds(timeout + 5))) {
+    engine.AbortAll();
+    engine.WaitIdle(absl::Seconds(5));
+  }
+  server.StopAccepting();
+  if (grpc != nullptr) grpc->Shutdown(absl::Seconds(5));
+  server.Shutdown(absl::Seconds(5));
+  // Not the engine's destructor nor the group's stop: the communicator is broken, and _exit
+  // skips them. The group's followers (on one node) are ended first.
+  group.Abandon();
+  std::cout.flush();
+  std::cerr.flush();
+  _exit(1);
+}
+
 }  // namespace
 
 int RunServe(const std::vector<std::string>& positional) {
@@ -90,13 +132,35 @@ int RunServe(const std::vector<std::string>& positional) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);  // the tensor-parallel group failed (raised by this process)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::string path = absl::GetFlag(FLAGS_model);
-  if (path.empty()) path = DefaultModelPath();
-  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads));
+  if (path.empty() && absl::GetFlag(FLAGS_tp_rank) == 0) path = DefaultModelPath();
+  // Followers load the same model and plan with the same threads and run the leader's steps.
+  absl::StatusOr<std::unique_ptr<TensorParallelGroup>> group = TensorParallelGroup::Join(
+      "serve", path,
+      {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
+       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
+  if (!group.ok()) return Fail(group.status());
+  const TensorParallel tp = (*group)->place();
+  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp);
   if (!loaded.ok()) return Fail(loaded.status());
   LlamaModel& model = *loaded->model;
+  if (tp.rank > 0) {
+    // A follower: SIGTERM and SIGINT end it (its leader ends with an error, as for a crash).
+    pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+    const absl::Status s = FollowSteps(model, *loaded->ops, *tp.comm);
+    if (s.ok()) return 0;
+    std::cerr << "kvfold serve (tensor-parallel rank " << tp.rank << "): " << s.message() << "\n";
+    return 1;
+  }
+  if (tp.size > 1) {
+    Communicator& comm = *tp.comm;
+    model.set_before_forward([&comm](const ForwardBatch& batch, const KvCache& cache) {
+      return BroadcastStep(comm, batch, cache);
+    });
+  }
 
   absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
   if (!cache.ok()) return Fail(cache.status(), 2);
@@ -112,10 +176,17 @@ int RunServe(const std::vector<std::string>& positional) {
       model, *loaded->ops, *loaded->tokenizer, *cache, *scheduler, options);
   if (!engine.ok()) return Fail(engine.status());
   const serving::PoolInfo& pool = (*engine)->pool();
-  std::cerr << KvMemoryLine(model.config(), model.plan(), absl::GetFlag(FLAGS_attention_plan),
-                            pool.kv_dtype, pool.num_blocks, pool.block_size,
-                            scheduler->max_model_len, pool.memory_bytes)
+  std::cerr << KvMemoryLine(model, absl::GetFlag(FLAGS_attention_plan), pool.kv_dtype,
+                            pool.num_blocks, pool.block_size, scheduler->max_model_len,
+                            pool.memory_bytes)
             << "\n";
+  // A failed collective (on the engine thread) or a follower that exited (on the group's
+  // watcher): the engine refuses work from now on, and the main thread below shuts down.
+  serving::ServingEngine* failing_engine = engine->get();
+  (*group)->OnFailure([failing_engine](const absl::Status& s) {
+    failing_engine->Fail(s);
+    kill(getpid(), SIGUSR1);
+  });
 
   // The chat template: an explicit --chat-template must load; a model without one serves
   // completions only.
@@ -176,6 +247,9 @@ int RunServe(const std::vector<std::string>& positional) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  if (signal_number == SIGUSR1) {
+    return ExitAfterGroupFailure(**engine, **server, grpc.get(), **group);
+  }
   const int drain_seconds = absl::GetFlag(FLAGS_drain_timeout);
   std::cerr << "kvfold serve: " << (signal_number == SIGTERM ? "SIGTERM" : "SIGINT")
             << ": draining (up to " << drain_seconds << " s)" << std::endl;
@@ -193,6 +267,11 @@ int RunServe(const std::vector<std::string>& positional) {
   (*server)->Shutdown(absl::Seconds(5));
   grpc.reset();
   server->reset();
+  engine->reset();  // its loop ran the collectives; the group's stop comes after it
+  if (tp.size > 1) {
+    std::cerr << (*group)->StatsLine() << std::endl;
+    if (absl::Status s = (*group)->Finish(); !s.ok()) return Fail(s);
+  }
   std::cerr << "kvfold serve: stopped" << std::endl;
   return 0;
 }

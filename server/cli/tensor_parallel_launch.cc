@@ -9,16 +9,26 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <system_error>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "server/cli/attention_plan_setup.h"
+#include "server/cluster/cluster_follower.h"
+#include "server/cluster/cluster_leader.h"
+#include "worker/attention_plan.h"
+#include "worker/model_loader.h"
+#include "worker/status_macros.h"
 #include "worker/step_broadcast.h"
 
 extern char** environ;
 
-// --tensor-parallel-size and --tensor-parallel-timeout are defined by the commands that take them
-// (so their --help lists them). Internal: set by the leader on the followers it starts.
+// Internal: set by the single-node leader on the followers it starts.
 ABSL_FLAG(int, tp_rank, 0, "(internal) this process's tensor-parallel rank");
 ABSL_FLAG(std::string, tp_store, "", "(internal) the tensor-parallel group's rendezvous folder");
 
@@ -41,16 +51,70 @@ absl::StatusOr<std::string> FreshStoreDir() {
   return pattern;
 }
 
+// The host of "HOST:PORT" ("[::1]:PORT" too); empty when malformed.
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return "";
+  int port = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port < 0 || port > 65535) return "";
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+// Where this node's rank listens for its peers (see --node-address).
+std::string NodeAddress(const std::string& leader_host) {
+  std::string address = absl::GetFlag(FLAGS_node_address);
+  if (!address.empty()) return address;
+  if (IsLoopback(leader_host)) return "127.0.0.1";
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0') return name;
+  return leader_host;
+}
+
+// What the nodes of one group must agree on: the model's fingerprint and the plan's id.
+absl::Status Identify(const std::string& model_path, cluster::GroupShape& shape) {
+  KVFOLD_ASSIGN_OR_RETURN(std::unique_ptr<WeightSource> weights, OpenWeights(model_path));
+  KVFOLD_ASSIGN_OR_RETURN(shape.model_fingerprint, ModelFingerprint(weights->config(), *weights));
+  KVFOLD_ASSIGN_OR_RETURN(AttentionPlan plan, AttentionPlanFromFlags(*weights));
+  shape.attention_plan_id = plan.id;
+  return absl::OkStatus();
+}
+
+std::string Describe(int pid_status) {
+  if (WIFEXITED(pid_status)) return absl::StrCat("exited with status ", WEXITSTATUS(pid_status));
+  if (WIFSIGNALED(pid_status)) return absl::StrCat("was killed by signal ", WTERMSIG(pid_status));
+  return "ended";
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Join(
-    const std::string& command, const std::vector<std::string>& follower_flags) {
+    const std::string& command, const std::string& model_path,
+    const std::vector<std::string>& follower_flags) {
   std::unique_ptr<TensorParallelGroup> g(new TensorParallelGroup());
   g->size_ = absl::GetFlag(FLAGS_tensor_parallel_size);
   g->rank_ = absl::GetFlag(FLAGS_tp_rank);
   const int timeout = absl::GetFlag(FLAGS_tensor_parallel_timeout);
   if (g->size_ < 1) return absl::InvalidArgumentError("--tensor-parallel-size must be >= 1");
   if (timeout < 1) return absl::InvalidArgumentError("--tensor-parallel-timeout must be >= 1");
+  if (absl::GetFlag(FLAGS_nnodes) < 1) return absl::InvalidArgumentError("--nnodes must be >= 1");
+  if (absl::GetFlag(FLAGS_nnodes) > 1) {
+    if (g->rank_ != 0 || !absl::GetFlag(FLAGS_tp_store).empty()) {
+      return absl::InvalidArgumentError("--tp-rank and --tp-store are for one node only");
+    }
+    KVFOLD_RETURN_IF_ERROR(g->JoinNodes(model_path, timeout));
+    return g;
+  }
+  if (absl::GetFlag(FLAGS_node_rank) != 0 || !absl::GetFlag(FLAGS_leader_address).empty()) {
+    return absl::InvalidArgumentError("--node-rank and --leader-address need --nnodes > 1");
+  }
   if (g->rank_ < 0 || g->rank_ >= g->size_) {
     return absl::InvalidArgumentError("--tp-rank is outside the tensor-parallel group");
   }
@@ -100,27 +164,149 @@ absl::StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Join(
                         absl::StrCat("joining the tensor-parallel group (rank ", g->rank_, " of ",
                                      g->size_, "): ", comm.status().message()));
   }
-  g->comm_ = *std::move(comm);
+  g->gloo_ = *std::move(comm);
+  g->watched_ = std::make_unique<WatchedCommunicator>(*g->gloo_);
   return g;
+}
+
+absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int timeout) {
+  const int nnodes = absl::GetFlag(FLAGS_nnodes);
+  const int node = absl::GetFlag(FLAGS_node_rank);
+  const std::string leader_address = absl::GetFlag(FLAGS_leader_address);
+  if (size_ != nnodes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "on CPU each node runs one tensor-parallel rank: --tensor-parallel-size (%d) must equal "
+        "--nnodes (%d)",
+        size_, nnodes));
+  }
+  if (node < 0 || node >= nnodes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--node-rank %d is outside [0, --nnodes %d)", node, nnodes));
+  }
+  const std::string leader_host = HostOf(leader_address);
+  if (leader_host.empty()) {
+    return absl::InvalidArgumentError(
+        "--nnodes > 1 needs --leader-address HOST:PORT (the leader's Cluster service)");
+  }
+  signal(SIGPIPE, SIG_IGN);
+  cluster::GroupShape shape;
+  shape.nnodes = nnodes;
+  shape.tensor_parallel_size = size_;
+  shape.timeout_seconds = timeout;
+  KVFOLD_RETURN_IF_ERROR(Identify(model_path, shape));
+  GlooOptions options;
+  options.size = size_;
+  options.hostname = NodeAddress(leader_host);
+  std::shared_ptr<gloo::rendezvous::Store> store;
+  if (node == 0) {
+    absl::StatusOr<std::unique_ptr<cluster::ClusterLeader>> leader =
+        cluster::ClusterLeader::Start(leader_address, shape);
+    if (!leader.ok()) return leader.status();
+    cluster_ = *std::move(leader);
+    // Tests and scripts with port 0 read the port from this line.
+    std::cerr << "kvfold: tensor-parallel leader on " << leader_host << ":" << cluster_->port()
+              << ", waiting for " << nnodes - 1 << " node(s)" << std::endl;
+    rank_ = 0;
+    options.store_prefix = cluster_->store_prefix();
+    store = cluster_->gloo_store();
+  } else {
+    absl::StatusOr<cluster::Membership> m =
+        cluster::JoinCluster(leader_address, node, shape, absl::Seconds(timeout));
+    if (!m.ok()) return m.status();
+    if (m->world_size != size_) {
+      return absl::FailedPreconditionError("the leader's tensor-parallel size differs");
+    }
+    rank_ = m->rank;
+    timeout = m->timeout_seconds;
+    options.store_prefix = m->store_prefix;
+    store = m->store;
+  }
+  options.rank = rank_;
+  options.timeout = std::chrono::seconds(timeout);
+  absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm =
+      GlooCommunicator::Create(options, std::move(store));
+  if (!comm.ok()) {
+    return absl::Status(comm.status().code(),
+                        absl::StrCat("joining the tensor-parallel group (node ", node, " of ",
+                                     nnodes, "): ", comm.status().message()));
+  }
+  gloo_ = *std::move(comm);
+  watched_ = std::make_unique<WatchedCommunicator>(*gloo_);
+  return absl::OkStatus();
+}
+
+void TensorParallelGroup::OnFailure(std::function<void(const absl::Status&)> on_failure) {
+  if (!leader() || size_ == 1) return;
+  on_failure_ = std::move(on_failure);
+  watched_->SetOnFailure(on_failure_);
+  std::lock_guard<std::mutex> lock(followers_mu_);
+  if (!followers_.empty() && !watcher_.joinable()) {
+    watcher_ = std::thread([this] { WatchFollowers(); });
+  }
+}
+
+void TensorParallelGroup::WatchFollowers() {
+  while (!finishing_.load()) {
+    {
+      std::lock_guard<std::mutex> lock(followers_mu_);
+      for (size_t i = 0; i < followers_.size(); ++i) {
+        if (followers_[i] <= 0) continue;
+        int wstatus = 0;
+        if (waitpid(followers_[i], &wstatus, WNOHANG) != followers_[i]) continue;
+        followers_[i] = 0;
+        if (finishing_.load()) continue;
+        on_failure_(absl::UnavailableError(
+            absl::StrCat("tensor-parallel follower rank ", i + 1, " ", Describe(wstatus))));
+        return;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+void TensorParallelGroup::StopWatching() {
+  finishing_.store(true);
+  if (watcher_.joinable()) watcher_.join();
 }
 
 absl::Status TensorParallelGroup::Finish() {
   if (!leader() || size_ == 1) return absl::OkStatus();
-  absl::Status status = BroadcastStop(*comm_);
+  StopWatching();
+  absl::Status status = BroadcastStop(*comm());
+  std::lock_guard<std::mutex> lock(followers_mu_);
   for (pid_t& pid : followers_) {
     int wstatus = 0;
-    if (status.ok() && waitpid(pid, &wstatus, 0) == pid) {
+    if (pid > 0 && status.ok() && waitpid(pid, &wstatus, 0) == pid) {
       if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
         status = absl::InternalError("a tensor-parallel follower failed");
       }
       pid = 0;
     }
   }
-  EndFollowers();
   return status;
 }
 
+std::string TensorParallelGroup::StatsLine() const {
+  if (size_ == 1) return "";
+  const CommunicatorStats s = gloo_->stats();
+  std::string line = absl::StrFormat("tp: rank %d of %d:", rank_, size_);
+  const auto add = [&line](const char* name, const CollectiveStats& c, bool last) {
+    absl::StrAppendFormat(&line, " %d %s in %.3f s (%.3f ms each)%s", c.calls, name, c.seconds,
+                          c.calls > 0 ? 1e3 * c.seconds / c.calls : 0.0, last ? "" : ",");
+  };
+  add("all-reduces", s.all_reduce, false);
+  add("all-gathers", s.all_gather, false);
+  add("broadcasts", s.broadcast, true);
+  return line;
+}
+
+void TensorParallelGroup::Abandon() {
+  StopWatching();
+  EndFollowers();
+}
+
 void TensorParallelGroup::EndFollowers() {
+  std::lock_guard<std::mutex> lock(followers_mu_);
   for (pid_t pid : followers_) {
     if (pid <= 0) continue;
     kill(pid, SIGKILL);  // also ends a stopped follower, which SIGTERM would leave pending
@@ -130,8 +316,11 @@ void TensorParallelGroup::EndFollowers() {
 }
 
 TensorParallelGroup::~TensorParallelGroup() {
+  StopWatching();
   EndFollowers();
-  comm_.reset();
+  watched_.reset();
+  gloo_.reset();
+  cluster_.reset();
   if (!store_dir_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(store_dir_, ec);

@@ -1,31 +1,50 @@
-// `--tensor-parallel-size N` on one node, on CPU: the process the user started is rank 0, the
-// leader; it starts N - 1 followers, processes of the same binary with the internal flags
-// --tp-rank and --tp-store. The ranks meet through a gloo FileStore in a fresh temporary folder,
-// then each loads only its shard of the model. The leader runs generation as usual, its model
-// sending every forward step to the followers (worker/step_broadcast.h), which run it on their
-// shards until the leader stops them.
+// `--tensor-parallel-size N` on CPU, on one node or several.
+//
+// One node: the process the user started is rank 0, the leader; it starts N - 1 followers,
+// processes of the same binary with the internal flags --tp-rank and --tp-store. The ranks meet
+// through a gloo FileStore in a fresh temporary folder, then each loads only its shard of the
+// model.
+//
+// Several nodes (--nnodes M, one process and, on CPU, one rank per node): node rank 0 is the
+// leader and serves the internal gRPC Cluster service (server/cluster/) on --leader-address; every
+// other node joins through it (its rank, the group's size; the leader checks model and plan) and
+// the ranks meet through the rendezvous store that service carries, so no shared filesystem is
+// needed.
+//
+// Either way the leader runs generation or the server as usual, its model sending every forward
+// step to the followers (worker/step_broadcast.h), which run it on their shards until the leader
+// stops them.
 //
 // Failure: a follower that dies or stops answering fails the leader's next collective within
-// --tensor-parallel-timeout; the leader then reports the error, ends its remaining followers and
+// --tensor-parallel-timeout (and, on one node, a follower process that exits is seen at once);
+// OnFailure hears of it. The leader then reports the error, ends its remaining followers and
 // exits non-zero. A follower whose leader goes away fails the same way and exits non-zero.
 #pragma once
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/declare.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/cli/tensor_parallel_flags.h"
 #include "worker/gloo_communicator.h"
 #include "worker/tensor_parallel.h"
+#include "worker/watched_communicator.h"
 
-ABSL_DECLARE_FLAG(int, tensor_parallel_size);
-ABSL_DECLARE_FLAG(int, tensor_parallel_timeout);
 ABSL_DECLARE_FLAG(int, tp_rank);
 ABSL_DECLARE_FLAG(std::string, tp_store);
+
+namespace kvfold::cluster {
+class ClusterLeader;
+}  // namespace kvfold::cluster
 
 namespace kvfold::cli {
 
@@ -33,28 +52,53 @@ namespace kvfold::cli {
 // group also owns its followers: Finish (or the destructor, after a failure) ends them.
 class TensorParallelGroup {
  public:
-  // From the flags: size 1 (no communicator, nothing started); the leader (starts its followers
-  // with `command` and `follower_flags`, e.g. --model=..., then joins); or a follower (joins).
+  // From the flags: size 1 (no communicator, nothing started); the single-node leader (starts
+  // its followers with `command` and `follower_flags`, e.g. --model=..., then joins); a
+  // single-node follower; or a node of a multi-node group (`model_path` and --attention-plan are
+  // checked against the leader's).
   static absl::StatusOr<std::unique_ptr<TensorParallelGroup>> Join(
-      const std::string& command, const std::vector<std::string>& follower_flags);
+      const std::string& command, const std::string& model_path,
+      const std::vector<std::string>& follower_flags);
   ~TensorParallelGroup();
 
-  TensorParallel place() const { return {rank_, size_, comm_.get()}; }
+  TensorParallel place() const { return {rank_, size_, comm()}; }
   bool leader() const { return rank_ == 0; }
-  Communicator* comm() const { return comm_.get(); }
+  Communicator* comm() const { return watched_.get(); }
 
-  // Leader: stops the followers and waits for them; an error if one failed.
+  // Leader: `on_failure` hears of the group's first failure, once: a failed collective (on the
+  // thread that ran it) or a follower process that exited (on a watcher thread). It must not use
+  // the communicator.
+  void OnFailure(std::function<void(const absl::Status&)> on_failure);
+
+  // Leader: stops the followers and waits for them; an error if one failed. Nothing else may use
+  // the communicator meanwhile or afterwards.
   absl::Status Finish();
+
+  // Leader, after a failure: ends the followers it started (no stop message: the communicator is
+  // broken).
+  void Abandon();
+
+  // "tp: rank 0 of 2: 1234 all-reduces in 0.52 s (0.42 ms each), ...": the collectives so far.
+  std::string StatsLine() const;
 
  private:
   TensorParallelGroup() = default;
+  absl::Status JoinNodes(const std::string& model_path, int timeout);
+  void WatchFollowers();
+  void StopWatching();
   void EndFollowers();
 
   int rank_ = 0;
   int size_ = 1;
-  std::unique_ptr<GlooCommunicator> comm_;
-  std::vector<pid_t> followers_;  // leader only
-  std::string store_dir_;         // leader only: removed with the group
+  std::unique_ptr<GlooCommunicator> gloo_;
+  std::unique_ptr<WatchedCommunicator> watched_;
+  std::unique_ptr<cluster::ClusterLeader> cluster_;  // multi-node leader only
+  std::mutex followers_mu_;
+  std::vector<pid_t> followers_;  // single-node leader only; 0 once reaped. Guarded.
+  std::string store_dir_;         // single-node leader only: removed with the group
+  std::function<void(const absl::Status&)> on_failure_;
+  std::atomic<bool> finishing_{false};
+  std::thread watcher_;
 };
 
 }  // namespace kvfold::cli

@@ -13,6 +13,7 @@
 #include "server/output/text_output.h"
 #include "worker/kv_cache.h"
 #include "worker/model_executor.h"
+#include "worker/tensor_parallel.h"
 
 namespace kvfold::serving {
 
@@ -52,6 +53,7 @@ struct ServingEngine::State {
   absl::flat_hash_map<RequestId, std::shared_ptr<Stream>> streams;  // guarded by mu
   int32_t num_queued = 0;                                           // guarded by mu
   bool draining = false;                                            // guarded by mu
+  absl::Status failure;                                             // guarded by mu
   // Progress watch for Ready(): the last step count seen and when it last changed.
   mutable int64_t seen_steps = -1;   // guarded by mu
   mutable absl::Time seen_steps_at;  // guarded by mu
@@ -66,8 +68,10 @@ absl::StatusOr<std::unique_ptr<ServingEngine>> ServingEngine::Create(
   pool.block_size = cache.block_size;
   pool.kv_dtype = cache.kv_dtype;
   pool.memory_bytes = cache.memory_bytes;
-  pool.bytes_per_token = KvCache::BytesPerToken(model.config(), model.plan(), cache.kv_dtype);
-  pool.unfolded_bytes_per_token = KvCache::BytesPerToken(model.config(), cache.kv_dtype);
+  // This rank's KV heads (all of them at tensor-parallel size 1).
+  pool.bytes_per_token = KvBytesPerToken(model.kv_layer_shapes(), cache.kv_dtype);
+  pool.unfolded_bytes_per_token =
+      KvCache::BytesPerToken(ShardConfig(model.config(), model.tensor_parallel()), cache.kv_dtype);
   if (pool.bytes_per_token == 0) {
     return absl::InvalidArgumentError(
         "the attention plan stores no K/V in any layer, so the KV pool has no size");
@@ -112,6 +116,10 @@ absl::StatusOr<RequestId> ServingEngine::Submit(GenerationRequest request, Delta
   stream->log_id = request.log_id.empty() ? absl::StrCat(id) : std::move(request.log_id);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->failure.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the engine has failed: ", state_->failure.message()));
+    }
     if (state_->draining) return absl::UnavailableError("the server is shutting down");
     if (state_->num_queued >= options_.max_queued_requests) {
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -330,13 +338,24 @@ bool ServingEngine::Ready() const {
   const EngineStats stats = state_->engine->Stats();
   const absl::Time now = absl::Now();
   std::lock_guard<std::mutex> lock(state_->mu);
-  if (state_->draining) return false;
+  if (state_->draining || !state_->failure.ok()) return false;
   if (stats.num_steps != state_->seen_steps || state_->streams.empty()) {
     state_->seen_steps = stats.num_steps;
     state_->seen_steps_at = now;
     return true;
   }
   return now - state_->seen_steps_at < options_.stall_timeout;
+}
+
+void ServingEngine::Fail(const absl::Status& reason) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (!state_->failure.ok()) return;
+  state_->failure = reason.ok() ? absl::InternalError("the engine failed") : reason;
+}
+
+absl::Status ServingEngine::failure() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->failure;
 }
 
 EngineStats ServingEngine::Stats() const { return state_->engine->Stats(); }

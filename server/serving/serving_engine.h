@@ -82,6 +82,8 @@ struct PoolInfo {
 class ServingEngine {
  public:
   // Sizes the pool from `cache` and the model's plan, allocates it and starts the engine loop.
+  // Under tensor parallelism `cache.memory_bytes` is this rank's budget and bytes per token count
+  // this rank's KV heads (every rank holds the same number of blocks, each with its heads).
   // `model`, `ops` and `tokenizer` must outlive the result. InvalidArgument when the pool cannot
   // hold one sequence of scheduler.max_model_len tokens.
   static absl::StatusOr<std::unique_ptr<ServingEngine>> Create(LlamaModel& model, Ops& ops,
@@ -93,9 +95,9 @@ class ServingEngine {
   ~ServingEngine();
 
   // Queues one generation; on_delta gets every delta, the last with a finish reason. Errors
-  // (nothing queued, on_delta never called): Unavailable while draining, ResourceExhausted when
-  // the waiting queue is full, InvalidArgument when the engine refuses the request (a token id
-  // outside the vocabulary, a prompt that cannot fit).
+  // (nothing queued, on_delta never called): Unavailable while draining or after Fail,
+  // ResourceExhausted when the waiting queue is full, InvalidArgument when the engine refuses the
+  // request (a token id outside the vocabulary, a prompt that cannot fit).
   absl::StatusOr<RequestId> Submit(GenerationRequest request, DeltaCallback on_delta);
   // Ends a live generation with "abort" within one engine step; its KV blocks are freed. A no-op
   // for an unknown or finished id.
@@ -115,9 +117,17 @@ class ServingEngine {
   // What the metrics' static part says about this engine and `model`.
   metrics::StaticInfo MetricsInfo(const LlamaModel& model) const;
 
-  // Not draining, and the engine loop has made progress within stall_timeout whenever there
-  // was work.
+  // Not draining, not failed, and the engine loop has made progress within stall_timeout
+  // whenever there was work.
   bool Ready() const;
+
+  // The executor is gone for good (a tensor-parallel rank died or stopped answering): from now on
+  // Ready() is false and Submit refuses (Unavailable, with `reason`). Live generations end with
+  // the error of the step that failed (or of their next one). Safe from any thread; the first
+  // reason sticks.
+  void Fail(const absl::Status& reason);
+  // OK, or the reason given to Fail.
+  absl::Status failure() const;
 
   int32_t max_model_len() const { return scheduler_config_.max_model_len; }
   int32_t vocab_size() const { return vocab_size_; }

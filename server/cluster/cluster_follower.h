@@ -1,0 +1,28 @@
+// A follower node's side of multi-node tensor parallelism: joins the leader's group over the
+// Cluster service (cluster_leader.h) and reaches its rendezvous store.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "gloo/rendezvous/store.h"
+#include "server/cluster/cluster_leader.h"
+
+namespace kvfold::cluster {
+
+struct Membership {
+  int rank = 0;
+  int world_size = 1;
+  std::string store_prefix;
+  int timeout_seconds = 30;
+  std::shared_ptr<gloo::rendezvous::Store> store;  // the leader's, over gRPC
+};
+
+// Joins as node `node_rank` of `shape`, waiting up to `timeout` for the leader to come up. The
+// leader's refusal (another model, a taken node rank) is returned with its reason.
+absl::StatusOr<Membership> JoinCluster(const std::string& leader_address, int node_rank,
+                                       const GroupShape& shape, absl::Duration timeout);
+
+}  // namespace kvfold::cluster
