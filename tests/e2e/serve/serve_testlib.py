@@ -23,7 +23,9 @@ NAME = "stories260K"
 class Server:
     """`kvfold serve --port 0 ...`; waits for its "serving NAME on http://HOST:PORT" line."""
 
-    def __init__(self, *extra, env=None):
+    def __init__(self, *extra, env=None, on_started=None):
+        """`on_started(self)`, when given, runs once the process is started and before its
+        "serving" line is awaited (e.g. to start the other node of a multi-node group)."""
         self.stderr = tempfile.TemporaryFile()
         cmd = [BIN, "serve", "--model", MODEL, "--chat-template", TEMPLATE, "--port", "0",
                "--grpc-port", "0", "--threads", "1", "--kv-cache-memory", "64MiB", *extra]
@@ -32,6 +34,8 @@ class Server:
                                      env=full_env, text=True)
         timer = threading.Timer(60, self.proc.kill)
         timer.start()
+        if on_started is not None:
+            on_started(self)
         line = self.proc.stdout.readline()
         timer.cancel()
         if not line.startswith("serving "):
