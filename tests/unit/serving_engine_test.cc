@@ -170,6 +170,24 @@ TEST_F(ServingEngineTest, DrainRefusesNewWorkAndFinishesLiveWork) {
   EXPECT_EQ(*live.Last().finish_reason, "length");
 }
 
+// A failed executor (a dead tensor-parallel rank) is for good: not ready, new work refused with
+// the reason, even when nothing is live.
+TEST_F(ServingEngineTest, FailedEngineIsNeverReadyAndRefusesWork) {
+  std::unique_ptr<ServingEngine> engine = MakeEngine();
+  ASSERT_NE(engine, nullptr);
+  EXPECT_TRUE(engine->Ready());
+  EXPECT_TRUE(engine->failure().ok());
+  engine->Fail(absl::UnavailableError("rank 1 is gone"));
+  engine->Fail(absl::DeadlineExceededError("a later failure"));  // the first reason sticks
+  EXPECT_FALSE(engine->Ready());
+  EXPECT_THAT(engine->failure().message(), HasSubstr("rank 1 is gone"));
+  Collector refused;
+  absl::StatusOr<RequestId> id = engine->Submit(Greedy("Hello", 4), refused.Callback());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(id.status().message(), HasSubstr("rank 1 is gone"));
+  EXPECT_EQ(engine->num_live(), 0);
+}
+
 TEST_F(ServingEngineTest, FullQueueRefusesWithResourceExhausted) {
   std::unique_ptr<ServingEngine> engine = MakeEngine({.max_queued_requests = 0});
   ASSERT_NE(engine, nullptr);

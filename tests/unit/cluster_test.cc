@@ -1,0 +1,139 @@
+// Multi-node bootstrap (server/cluster/): the leader's Cluster service admits follower nodes that
+// run the same model, plan and group shape, once each, and two gloo ranks meet through its
+// rendezvous store (in process on the leader, over gRPC on the follower) and all-reduce.
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/cluster/cluster_follower.h"
+#include "server/cluster/cluster_leader.h"
+#include "server/cluster/key_value_store.h"
+#include "worker/gloo_communicator.h"
+
+namespace kvfold::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+
+GroupShape Shape() {
+  GroupShape s;
+  s.nnodes = 2;
+  s.tensor_parallel_size = 2;
+  s.model_fingerprint = "abc123";
+  s.attention_plan_id = "";
+  s.timeout_seconds = 20;
+  return s;
+}
+
+std::string Address(const ClusterLeader& leader) {
+  return "127.0.0.1:" + std::to_string(leader.port());
+}
+
+TEST(KeyValueStoreTest, GetWaitsForKeysAndTimesOut) {
+  KeyValueStore store;
+  std::thread setter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    store.Set("b", "2");
+    store.Set("a", "1");
+  });
+  absl::StatusOr<std::vector<std::string>> got = store.Get({"a", "b"}, absl::Seconds(30));
+  setter.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, (std::vector<std::string>{"1", "2"}));
+  absl::StatusOr<std::vector<std::string>> missing =
+      store.Get({"a", "never"}, absl::Milliseconds(10));
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(missing.status().message(), HasSubstr("never"));
+}
+
+TEST(ClusterTest, JoinChecksTheModelPlanShapeAndNodeRank) {
+  absl::StatusOr<std::unique_ptr<ClusterLeader>> leader =
+      ClusterLeader::Start("127.0.0.1:0", Shape());
+  ASSERT_TRUE(leader.ok()) << leader.status();
+  const std::string address = Address(**leader);
+
+  GroupShape other_model = Shape();
+  other_model.model_fingerprint = "def456";
+  absl::StatusOr<Membership> m = JoinCluster(address, 1, other_model, absl::Seconds(10));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(m.status().message(), HasSubstr("different model"));
+
+  GroupShape other_plan = Shape();
+  other_plan.attention_plan_id = "plan-x";
+  m = JoinCluster(address, 1, other_plan, absl::Seconds(10));
+  EXPECT_THAT(m.status().message(), HasSubstr("different attention plan"));
+
+  GroupShape other_size = Shape();
+  other_size.nnodes = 3;
+  other_size.tensor_parallel_size = 3;
+  m = JoinCluster(address, 1, other_size, absl::Seconds(10));
+  EXPECT_THAT(m.status().message(), HasSubstr("--nnodes 3"));
+
+  m = JoinCluster(address, 2, Shape(), absl::Seconds(10));
+  EXPECT_THAT(m.status().message(), HasSubstr("outside [1, 2)"));
+
+  m = JoinCluster(address, 1, Shape(), absl::Seconds(10));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->rank, 1);
+  EXPECT_EQ(m->world_size, 2);
+  EXPECT_EQ(m->store_prefix, (*leader)->store_prefix());
+  EXPECT_EQ(m->timeout_seconds, 20);
+
+  absl::StatusOr<Membership> again = JoinCluster(address, 1, Shape(), absl::Seconds(10));
+  EXPECT_THAT(again.status().message(), HasSubstr("has joined already"));
+}
+
+TEST(ClusterTest, NoLeaderIsADeadlineNotAHang) {
+  // A port nothing listens on: the leader's own, once it is gone.
+  std::string address;
+  {
+    absl::StatusOr<std::unique_ptr<ClusterLeader>> leader =
+        ClusterLeader::Start("127.0.0.1:0", Shape());
+    ASSERT_TRUE(leader.ok()) << leader.status();
+    address = Address(**leader);
+  }
+  absl::StatusOr<Membership> m = JoinCluster(address, 1, Shape(), absl::Milliseconds(300));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(m.status().message(), HasSubstr("no tensor-parallel leader"));
+}
+
+TEST(ClusterTest, TwoRanksMeetThroughTheLeadersStoreAndAllReduce) {
+  absl::StatusOr<std::unique_ptr<ClusterLeader>> leader =
+      ClusterLeader::Start("127.0.0.1:0", Shape());
+  ASSERT_TRUE(leader.ok()) << leader.status();
+  absl::StatusOr<Membership> m = JoinCluster(Address(**leader), 1, Shape(), absl::Seconds(10));
+  ASSERT_TRUE(m.ok()) << m.status();
+
+  std::vector<float> data[2] = {{1.0f, 2.0f, 3.0f}, {10.0f, 20.0f, 30.0f}};
+  absl::Status results[2];
+  auto run_rank = [&](int rank, std::shared_ptr<gloo::rendezvous::Store> store,
+                      const std::string& prefix) {
+    GlooOptions options;
+    options.rank = rank;
+    options.size = 2;
+    options.timeout = std::chrono::seconds(20);
+    options.store_prefix = prefix;
+    absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm =
+        GlooCommunicator::Create(options, std::move(store));
+    if (!comm.ok()) {
+      results[rank] = comm.status();
+      return;
+    }
+    results[rank] = (*comm)->AllReduceSum(data[rank].data(), data[rank].size());
+  };
+  std::thread leader_rank(run_rank, 0, (*leader)->gloo_store(), (*leader)->store_prefix());
+  std::thread follower_rank(run_rank, 1, m->store, m->store_prefix);
+  leader_rank.join();
+  follower_rank.join();
+  ASSERT_TRUE(results[0].ok()) << results[0];
+  ASSERT_TRUE(results[1].ok()) << results[1];
+  EXPECT_EQ(data[0], (std::vector<float>{11.0f, 22.0f, 33.0f}));
+  EXPECT_EQ(data[1], data[0]);
+}
+
+}  // namespace
+}  // namespace kvfold::cluster
