@@ -17,8 +17,9 @@ ABSL_FLAG(int, node_rank, 0,
           "This node's place in [0, --nnodes): 0 is the leader (runs the scheduler and the front "
           "ends), the others follow its steps");
 ABSL_FLAG(std::string, leader_address, "",
-          "HOST:PORT where the leader (node rank 0) serves the internal gRPC Cluster service "
-          "that the other nodes join through (port 0 on the leader: any free port, printed)");
+          "HOST[:PORT] where the leader (node rank 0) serves the internal gRPC Cluster service "
+          "that the other nodes join through (port: 50052 when left out; 0 on the leader: any "
+          "free port, printed; the leader alone may leave the flag empty: 0.0.0.0:50052)");
 ABSL_FLAG(std::string, node_address, "",
           "Address this node's rank listens on for the other ranks' connections (default: "
           "127.0.0.1 when --leader-address is a loopback address, else this host's name)");

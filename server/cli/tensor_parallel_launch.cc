@@ -64,6 +64,9 @@ std::string HostOf(const std::string& address) {
   return host;
 }
 
+// The Cluster service's port when --leader-address names none.
+constexpr int kDefaultClusterPort = 50052;
+
 bool IsLoopback(const std::string& host) {
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
@@ -172,7 +175,12 @@ absl::StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Join(
 absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int timeout) {
   const int nnodes = absl::GetFlag(FLAGS_nnodes);
   const int node = absl::GetFlag(FLAGS_node_rank);
-  const std::string leader_address = absl::GetFlag(FLAGS_leader_address);
+  // LeaderWorkerSet hands out the leader's name without a port; the leader may leave it out.
+  std::string leader_address = absl::GetFlag(FLAGS_leader_address);
+  if (leader_address.empty() && node == 0) leader_address = "0.0.0.0";
+  if (!leader_address.empty() && HostOf(leader_address).empty()) {
+    leader_address = absl::StrCat(leader_address, ":", kDefaultClusterPort);
+  }
   if (size_ != nnodes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "on CPU each node runs one tensor-parallel rank: --tensor-parallel-size (%d) must equal "
@@ -186,7 +194,8 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
   const std::string leader_host = HostOf(leader_address);
   if (leader_host.empty()) {
     return absl::InvalidArgumentError(
-        "--nnodes > 1 needs --leader-address HOST:PORT (the leader's Cluster service)");
+        "--nnodes > 1 needs --leader-address HOST[:PORT] on every node but the leader (its "
+        "Cluster service)");
   }
   signal(SIGPIPE, SIG_IGN);
   cluster::GroupShape shape;
