@@ -120,8 +120,9 @@ class ServeTensorParallelTest(unittest.TestCase):
         # The leader's stop ends the follower node cleanly.
         self.assertEqual(follower.wait(), 0, follower.log())
 
-    def test_killing_the_follower_node_fails_the_server(self):
-        server, follower = start_two_node_server(timeout=5)
+    def expect_the_server_fails_when(self, server, kill_follower):
+        """Runs a long streaming request, calls kill_follower() while it generates, and expects
+        the request not to complete normally and the server to exit 1."""
         try:
             completion(server, "Once", max_tokens=2)  # the group runs
             outcome = {}
@@ -135,28 +136,46 @@ class ServeTensorParallelTest(unittest.TestCase):
                     r = c.getresponse()
                     outcome["status"] = r.status
                     outcome["body"] = r.read().decode("utf-8", "replace")
+                    c.close()
                 except Exception as e:  # the server may close the connection as it exits
                     outcome["error"] = repr(e)
 
             t = threading.Thread(target=long_request)
             t.start()
             time.sleep(0.5)  # the request is generating
-            follower.proc.kill()
-            follower.proc.wait()
+            kill_follower()
             t.join(120)
             self.assertFalse(t.is_alive())
-            # The request does not complete normally: an error status, an error in the stream,
-            # or the connection cut by the exiting server.
+            # An error status, an error in the stream, or the connection cut by the exiting
+            # server; never a normal end.
             self.assertFalse(outcome.get("status") == 200 and
                              '"finish_reason":"length"' in outcome.get("body", ""), outcome)
             # The leader exits non-zero within a bound (12x its timeout).
-            code = server.proc.wait(60)
-            self.assertEqual(code, 1, server.log())
+            self.assertEqual(server.proc.wait(60), 1, server.log())
         finally:
             if server.proc.poll() is None:
                 server.proc.kill()
             server.stop()
         self.assertIn("tensor-parallel group failed", server.final_log)
+
+    def test_killing_the_follower_node_fails_the_server(self):
+        server, follower = start_two_node_server(timeout=5)
+
+        def kill():
+            follower.proc.kill()
+            follower.proc.wait()
+        self.expect_the_server_fails_when(server, kill)
+
+    def test_killing_a_follower_process_fails_the_server(self):
+        server = Server("--tensor-parallel-size", "2", "--tensor-parallel-timeout", "5")
+        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        self.assertEqual(len(children), 1, children)
+        self.expect_the_server_fails_when(server,
+                                          lambda: os.kill(int(children[0]), signal.SIGKILL))
+        # The leader leaves no follower behind.
+        self.assertFalse(os.path.exists("/proc/%s" % children[0]) and
+                         "Z" not in open("/proc/%s/stat" % children[0]).read().split()[2])
 
 
 class GenerateTwoNodesTest(unittest.TestCase):
@@ -184,6 +203,7 @@ class GenerateTwoNodesTest(unittest.TestCase):
         leader, log = self.start_leader(40)
         follower = FollowerNode("generate", wait_for_leader_port(log, leader))
         out, _ = leader.communicate(timeout=120)
+        leader.stdout.close()
         self.assertEqual(leader.returncode, 0, log())
         self.assertEqual(out, one.stdout)
         self.assertEqual(follower.wait(), 0, follower.log())
@@ -201,6 +221,7 @@ class GenerateTwoNodesTest(unittest.TestCase):
         finally:
             if leader.poll() is None:
                 leader.kill()
+        leader.stdout.close()
         self.assertEqual(code, 1, log())
         self.assertIn("tensor-parallel", log())
 
