@@ -26,7 +26,7 @@ using ::testing::StartsWith;
 
 // The bundled model; tests that check its text or sizes name it (the default is SmolLM2 when
 // ~/.cache/kvfold has it).
-std::string Stories() { return testing::SourcePath("models/stories260K"); }
+std::string Stories() { return testing::StoriesPath(); }
 
 TEST(GenerateCliTest, HelpListsCommandsAndFlags) {
   CliResult top = RunKvfold({"--help"});

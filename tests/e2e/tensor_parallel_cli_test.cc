@@ -20,6 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/cli_runner.h"
+#include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/safetensors_writer.h"
 #include "worker/attention_plan.h"
@@ -32,13 +33,9 @@ using testing::CliResult;
 using ::testing::HasSubstr;
 using testing::RunKvfold;
 
-std::string Stories() { return testing::SourcePath("models/stories260K"); }
+std::string Stories() { return testing::StoriesPath(); }
 
-std::string Fingerprint() {
-  auto w = OpenWeights(Stories());
-  EXPECT_TRUE(w.ok()) << w.status();
-  return *ModelFingerprint((*w)->config(), **w);
-}
+std::string Fingerprint() { return testing::StoriesFingerprint(); }
 
 // share (head-aligned within pairs), cluster (KV heads merged within pairs), drop, kv_from: valid
 // at tensor-parallel size 2 (two KV heads and four query heads per rank).

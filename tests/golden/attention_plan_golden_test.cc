@@ -33,7 +33,7 @@ namespace {
 
 constexpr int kDroppedLayer = 2;  // make_goldens.py's DROP_LAYER
 
-std::string Stories() { return testing::SourcePath("models/stories260K"); }
+std::string Stories() { return testing::StoriesPath(); }
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LoadWithPlan(const std::string& model_dir,
                                                          const std::string& plan_path, Ops& ops) {

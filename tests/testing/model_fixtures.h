@@ -12,7 +12,9 @@
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/paths.h"
 #include "tests/testing/safetensors_writer.h"
+#include "worker/attention_plan.h"
 #include "worker/llama_model.h"
 #include "worker/model_loader.h"
 #include "worker/safetensors.h"
@@ -24,6 +26,13 @@ inline absl::StatusOr<std::unique_ptr<LlamaModel>> LoadModel(const std::string& 
   absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
   if (!weights.ok()) return weights.status();
   return LlamaModel::Load(*std::move(weights), ops);
+}
+
+// The model fingerprint an attention plan for stories260K must carry.
+inline std::string StoriesFingerprint() {
+  absl::StatusOr<std::unique_ptr<WeightSource>> w = OpenWeights(StoriesPath());
+  EXPECT_TRUE(w.ok()) << w.status();
+  return w.ok() ? *ModelFingerprint((*w)->config(), **w) : "";
 }
 
 // A golden file's F32 tensor `name`, flattened; a test failure (and nothing) if it is missing.

@@ -23,10 +23,13 @@ inline std::optional<std::string> SharedPath(const std::string& relative) {
   return p.lexically_normal().string();
 }
 
+// The bundled stories260K checkpoint (models/), which most model tests run.
+inline std::string StoriesPath() { return SourcePath("models/stories260K"); }
+
 }  // namespace kvfold::testing
 
 // Skips the current test when ../shared/<relative> is absent; otherwise binds `var` to its path.
-#define KVFOLD_REQUIRE_SHARED(var, relative)                                          \
-  const auto var##_opt = ::kvfold::testing::SharedPath(relative);                     \
+#define KVFOLD_REQUIRE_SHARED(var, relative)                                           \
+  const auto var##_opt = ::kvfold::testing::SharedPath(relative);                      \
   if (!var##_opt) GTEST_SKIP() << "../shared/" << (relative) << " is absent; skipped"; \
   const std::string var = *var##_opt
