@@ -58,7 +58,7 @@ class LlamaModel {
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
 
   // Runs at the start of every Forward, once the batch is validated; an error fails the Forward.
-  // A tensor-parallel leader sends the step to its followers here (worker/step_broadcast.h).
+  // A tensor-parallel leader sends the step to its followers here (worker/step_transport.h).
   using BeforeForward = std::function<absl::Status(const ForwardBatch&, const KvCache&)>;
   void set_before_forward(BeforeForward hook) { before_forward_ = std::move(hook); }
 

@@ -19,7 +19,6 @@
 #include "worker/llama_model.h"
 #include "worker/sampler.h"
 #include "worker/sequence_runner.h"
-#include "worker/step_broadcast.h"
 
 ABSL_FLAG(std::string, prompt, "", "Prompt text (empty: start from BOS alone)");
 ABSL_FLAG(std::string, prompts_file, "",
@@ -162,7 +161,7 @@ int RunGenerate(const std::vector<std::string>& positional) {
     return 1;
   }
   if (tp.rank > 0) {
-    const absl::Status s = FollowSteps(*loaded->model, *loaded->ops, *tp.comm);
+    const absl::Status s = (*group)->Follow(*loaded->model, *loaded->ops);
     if (s.ok()) return 0;
     std::cerr << "kvfold generate (tensor-parallel rank " << tp.rank << "): " << s.message()
               << "\n";
@@ -170,11 +169,11 @@ int RunGenerate(const std::vector<std::string>& positional) {
   }
   int64_t forwards = 0;  // for the collectives' per-step cost
   if (tp.size > 1) {
-    Communicator& comm = *tp.comm;
+    StepSink& steps = (*group)->steps();
     loaded->model->set_before_forward(
-        [&comm, &forwards](const ForwardBatch& batch, const KvCache& cache) {
+        [&steps, &forwards](const ForwardBatch& batch, const KvCache& cache) {
           ++forwards;
-          return BroadcastStep(comm, batch, cache);
+          return steps.Send(batch, cache);
         });
   }
   const std::string prompts_file = absl::GetFlag(FLAGS_prompts_file);

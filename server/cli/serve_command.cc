@@ -36,7 +36,6 @@
 #include "server/serving/chat_prompt.h"
 #include "server/serving/served_model.h"
 #include "server/serving/serving_engine.h"
-#include "worker/step_broadcast.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address the HTTP (and gRPC) front ends bind");
 ABSL_FLAG(int, port, 8000, "HTTP port (0: an ephemeral port, printed when listening)");
@@ -150,15 +149,15 @@ int RunServe(const std::vector<std::string>& positional) {
   if (tp.rank > 0) {
     // A follower: SIGTERM and SIGINT end it (its leader ends with an error, as for a crash).
     pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
-    const absl::Status s = FollowSteps(model, *loaded->ops, *tp.comm);
+    const absl::Status s = (*group)->Follow(model, *loaded->ops);
     if (s.ok()) return 0;
     std::cerr << "kvfold serve (tensor-parallel rank " << tp.rank << "): " << s.message() << "\n";
     return 1;
   }
   if (tp.size > 1) {
-    Communicator& comm = *tp.comm;
-    model.set_before_forward([&comm](const ForwardBatch& batch, const KvCache& cache) {
-      return BroadcastStep(comm, batch, cache);
+    StepSink& steps = (*group)->steps();
+    model.set_before_forward([&steps](const ForwardBatch& batch, const KvCache& cache) {
+      return steps.Send(batch, cache);
     });
   }
 

@@ -169,6 +169,10 @@ absl::StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Join(
   }
   g->gloo_ = *std::move(comm);
   g->watched_ = std::make_unique<WatchedCommunicator>(*g->gloo_);
+  if (g->leader()) {
+    g->broadcast_steps_ = std::make_unique<BroadcastStepSink>(*g->watched_);
+    g->steps_ = g->broadcast_steps_.get();
+  }
   return g;
 }
 
@@ -218,6 +222,7 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
     rank_ = 0;
     options.store_prefix = cluster_->store_prefix();
     store = cluster_->gloo_store();
+    steps_ = &cluster_->steps();
   } else {
     absl::StatusOr<cluster::Membership> m =
         cluster::JoinCluster(leader_address, node, shape, absl::Seconds(timeout));
@@ -229,6 +234,7 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
     timeout = m->timeout_seconds;
     options.store_prefix = m->store_prefix;
     store = m->store;
+    step_stream_ = m->steps;
   }
   options.rank = rank_;
   options.timeout = std::chrono::seconds(timeout);
@@ -244,10 +250,26 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
   return absl::OkStatus();
 }
 
+absl::Status TensorParallelGroup::Follow(LlamaModel& model, Ops& ops) {
+  if (step_stream_ == nullptr) {
+    BroadcastStepSource broadcast(*comm());
+    return FollowSteps(model, ops, broadcast);
+  }
+  KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, *step_stream_));
+  // Tells the leader this rank has read the finish marker (Finish waits for it), so the leader's
+  // exit cannot cut the stream short.
+  return comm()->Barrier();
+}
+
 void TensorParallelGroup::OnFailure(std::function<void(const absl::Status&)> on_failure) {
   if (!leader() || size_ == 1) return;
-  on_failure_ = std::move(on_failure);
+  // Several sources may report (collectives, the watcher, step streams): the first one wins.
+  auto reported = std::make_shared<std::atomic<bool>>(false);
+  on_failure_ = [reported, on_failure = std::move(on_failure)](const absl::Status& s) {
+    if (!reported->exchange(true)) on_failure(s);
+  };
   watched_->SetOnFailure(on_failure_);
+  if (cluster_ != nullptr) cluster_->steps().SetOnFailure(on_failure_);
   std::lock_guard<std::mutex> lock(followers_mu_);
   if (!followers_.empty() && !watcher_.joinable()) {
     watcher_ = std::thread([this] { WatchFollowers(); });
@@ -281,7 +303,9 @@ void TensorParallelGroup::StopWatching() {
 absl::Status TensorParallelGroup::Finish() {
   if (!leader() || size_ == 1) return absl::OkStatus();
   StopWatching();
-  absl::Status status = BroadcastStop(*comm());
+  absl::Status status = steps_->Finish();
+  // Several nodes: wait until every follower has read the finish marker (Follow).
+  if (status.ok() && cluster_ != nullptr) status = comm()->Barrier();
   std::lock_guard<std::mutex> lock(followers_mu_);
   for (pid_t& pid : followers_) {
     int wstatus = 0;
@@ -327,6 +351,8 @@ void TensorParallelGroup::EndFollowers() {
 TensorParallelGroup::~TensorParallelGroup() {
   StopWatching();
   EndFollowers();
+  steps_ = nullptr;
+  broadcast_steps_.reset();
   watched_.reset();
   gloo_.reset();
   cluster_.reset();

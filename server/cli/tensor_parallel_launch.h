@@ -12,13 +12,16 @@
 // needed.
 //
 // Either way the leader runs generation or the server as usual, its model sending every forward
-// step to the followers (worker/step_broadcast.h), which run it on their shards until the leader
-// stops them.
+// step to the followers (steps()), which run it on their shards (Follow) until the leader
+// finishes. The steps travel (worker/step_transport.h) over the communicator on one node
+// (worker/step_broadcast.h) and over the leader's gRPC Cluster.Steps stream across nodes
+// (server/cluster/step_publisher.h); only the collectives use the communicator there.
 //
 // Failure: a follower that dies or stops answering fails the leader's next collective within
-// --tensor-parallel-timeout (and, on one node, a follower process that exits is seen at once);
-// OnFailure hears of it. The leader then reports the error, ends its remaining followers and
-// exits non-zero. A follower whose leader goes away fails the same way and exits non-zero.
+// --tensor-parallel-timeout; a follower process that exits (one node) or whose step stream breaks
+// (several nodes) is seen at once. OnFailure hears of it. The leader then reports the error, ends
+// its remaining followers and exits non-zero. A follower whose leader goes away fails the same
+// way (a failed collective, or its step stream breaking) and exits non-zero.
 #pragma once
 
 #include <sys/types.h>
@@ -36,6 +39,8 @@
 #include "absl/status/statusor.h"
 #include "server/cli/tensor_parallel_flags.h"
 #include "worker/gloo_communicator.h"
+#include "worker/llama_model.h"
+#include "worker/step_transport.h"
 #include "worker/tensor_parallel.h"
 #include "worker/watched_communicator.h"
 
@@ -65,9 +70,15 @@ class TensorParallelGroup {
   bool leader() const { return rank_ == 0; }
   Communicator* comm() const { return watched_.get(); }
 
+  // Leader (size > 1): where the model sends each forward step before running it.
+  StepSink& steps() const { return *steps_; }
+
+  // Follower: runs the leader's steps on `model` until the leader finishes (OK) or fails.
+  absl::Status Follow(LlamaModel& model, Ops& ops);
+
   // Leader: `on_failure` hears of the group's first failure, once: a failed collective (on the
-  // thread that ran it) or a follower process that exited (on a watcher thread). It must not use
-  // the communicator.
+  // thread that ran it), a follower process that exited (on a watcher thread) or a follower's
+  // broken step stream (on its gRPC thread). It must not use the communicator.
   void OnFailure(std::function<void(const absl::Status&)> on_failure);
 
   // Leader: stops the followers and waits for them; an error if one failed. Nothing else may use
@@ -93,6 +104,9 @@ class TensorParallelGroup {
   std::unique_ptr<GlooCommunicator> gloo_;
   std::unique_ptr<WatchedCommunicator> watched_;
   std::unique_ptr<cluster::ClusterLeader> cluster_;  // multi-node leader only
+  std::unique_ptr<StepSink> broadcast_steps_;        // single-node leader only
+  StepSink* steps_ = nullptr;                        // leader: broadcast_steps_ or cluster_'s
+  std::shared_ptr<StepSource> step_stream_;          // multi-node follower only
   std::mutex followers_mu_;
   std::vector<pid_t> followers_;  // single-node leader only; 0 once reaped. Guarded.
   std::string store_dir_;         // single-node leader only: removed with the group

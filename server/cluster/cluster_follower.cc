@@ -4,6 +4,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvfold/v1/internal.grpc.pb.h"
 #include "server/cluster/gloo_stores.h"
+#include "server/cluster/grpc_step_source.h"
 
 namespace kvfold::cluster {
 
@@ -44,6 +45,8 @@ absl::StatusOr<Membership> JoinCluster(const std::string& leader_address, int no
   m.timeout_seconds = response.timeout_seconds();
   m.store = std::make_shared<GrpcGlooStore>(pb::Cluster::NewStub(channel),
                                             std::chrono::seconds(m.timeout_seconds));
+  m.steps = std::make_shared<GrpcStepSource>(leader_address, m.rank,
+                                             std::chrono::seconds(m.timeout_seconds));
   return m;
 }
 

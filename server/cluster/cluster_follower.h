@@ -1,5 +1,5 @@
 // A follower node's side of multi-node tensor parallelism: joins the leader's group over the
-// Cluster service (cluster_leader.h) and reaches its rendezvous store.
+// Cluster service (cluster_leader.h), reaches its rendezvous store and reads its steps.
 #pragma once
 
 #include <memory>
@@ -9,6 +9,7 @@
 #include "absl/time/time.h"
 #include "gloo/rendezvous/store.h"
 #include "server/cluster/cluster_leader.h"
+#include "worker/step_transport.h"
 
 namespace kvfold::cluster {
 
@@ -18,6 +19,7 @@ struct Membership {
   std::string store_prefix;
   int timeout_seconds = 30;
   std::shared_ptr<gloo::rendezvous::Store> store;  // the leader's, over gRPC
+  std::shared_ptr<StepSource> steps;               // this rank's Steps stream (opens on first read)
 };
 
 // Joins as node `node_rank` of `shape`, waiting up to `timeout` for the leader to come up. The

@@ -84,6 +84,11 @@ class ClusterLeader::Service final : public pb::Cluster::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Steps(grpc::ServerContext* context, const pb::StepsRequest* request,
+                     grpc::ServerWriter<pb::Step>* writer) override {
+    return leader_.steps_->Serve(request->rank(), *context, *writer);
+  }
+
  private:
   static grpc::Status Refuse(grpc::StatusCode code, const std::string& why) {
     LOG(WARNING) << "tensor-parallel join refused: " << why;
@@ -101,8 +106,14 @@ absl::StatusOr<std::unique_ptr<ClusterLeader>> ClusterLeader::Start(const std::s
   leader->shape_ = shape;
   std::random_device random;
   leader->prefix_ = absl::StrFormat("kvfold-%08x%08x", random(), random());
+  leader->steps_ = std::make_unique<StepPublisher>(shape.tensor_parallel_size,
+                                                   absl::Seconds(shape.timeout_seconds));
   leader->service_ = std::make_unique<Service>(*leader);
   grpc::ServerBuilder builder;
+  // A follower pings an idle step stream (grpc_step_source.h) more often than gRPC's default
+  // five minutes: let it.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &leader->port_);
   builder.RegisterService(leader->service_.get());
   leader->server_ = builder.BuildAndStart();
@@ -114,6 +125,7 @@ absl::StatusOr<std::unique_ptr<ClusterLeader>> ClusterLeader::Start(const std::s
 }
 
 ClusterLeader::~ClusterLeader() {
+  if (steps_ != nullptr) steps_->Close();  // a Steps call would hold up the shutdown
   if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
 }
 

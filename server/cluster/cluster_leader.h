@@ -1,7 +1,8 @@
 // The leader's side of multi-node tensor parallelism: the kvfold.internal.v1.Cluster service on
 // --leader-address. It admits each follower node once (same model, plan and group shape), hands
-// out ranks and the group's rendezvous namespace, and serves the rendezvous store the ranks'
-// gloo communicators meet through.
+// out ranks and the group's rendezvous namespace, serves the rendezvous store the ranks'
+// gloo communicators meet through, and streams each follower rank its forward steps
+// (step_publisher.h).
 #pragma once
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "gloo/rendezvous/store.h"
 #include "server/cluster/key_value_store.h"
+#include "server/cluster/step_publisher.h"
 
 namespace grpc {
 class Server;
@@ -39,6 +41,8 @@ class ClusterLeader {
   const std::string& store_prefix() const { return prefix_; }
   // The rendezvous store for the leader's own communicator (in process).
   std::shared_ptr<gloo::rendezvous::Store> gloo_store() const;
+  // The leader's StepSink: what it publishes, each follower's Steps stream reads.
+  StepPublisher& steps() { return *steps_; }
 
  private:
   class Service;
@@ -48,6 +52,7 @@ class ClusterLeader {
   std::string prefix_;
   GroupShape shape_;
   KeyValueStore store_;
+  std::unique_ptr<StepPublisher> steps_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
 };
