@@ -55,6 +55,8 @@ struct StepMessage {
   absl::Status Validate() const;
   // Views into this message.
   ForwardBatch batch() const;
+
+  bool operator==(const StepMessage&) const = default;
 };
 
 // The leader's end: Send before each forward, Finish once at the end (the followers return OK).
