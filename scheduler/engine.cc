@@ -104,7 +104,14 @@ void Engine::Impl::Loop() {
     bool stop = false;
     {
       std::unique_lock<std::mutex> lock(mu);
-      wake.wait(lock, [&] { return stopping || !inbox.empty() || scheduler.HasWork(); });
+      const bool woken = wake.wait_for(lock, std::chrono::seconds(1), [&] {
+        return stopping || !inbox.empty() || scheduler.HasWork();
+      });
+      if (!woken) {
+        lock.unlock();
+        if (absl::Status s = executor.Idle(); !s.ok()) LOG(ERROR) << "executor idle: " << s;
+        continue;
+      }
       items.swap(inbox);
       stop = stopping;
     }

@@ -84,6 +84,9 @@ class Executor {
  public:
   virtual ~Executor() = default;
   virtual absl::StatusOr<StepResult> Execute(const StepPlan& plan) = 0;
+  // Called on the loop thread about once a second while there is no work, so an executor whose
+  // peers wait for its next step (tensor-parallel followers) can tell them it is alive.
+  virtual absl::Status Idle() { return absl::OkStatus(); }
 };
 
 }  // namespace kvfold

@@ -61,6 +61,10 @@ class LlamaModel {
   // A tensor-parallel leader sends the step to its followers here (worker/step_transport.h).
   using BeforeForward = std::function<absl::Status(const ForwardBatch&, const KvCache&)>;
   void set_before_forward(BeforeForward hook) { before_forward_ = std::move(hook); }
+  // Called by the executor while the engine is idle (tensor parallelism: a keepalive to the
+  // followers); unset: nothing.
+  void set_on_idle(std::function<absl::Status()> hook) { on_idle_ = std::move(hook); }
+  absl::Status Idle() { return on_idle_ ? on_idle_() : absl::OkStatus(); }
 
  private:
   struct Layer;
@@ -115,6 +119,7 @@ class LlamaModel {
   std::unique_ptr<Workspace> ws_;
   ForwardObserver* observer_ = nullptr;
   BeforeForward before_forward_;
+  std::function<absl::Status()> on_idle_;
 };
 
 }  // namespace kvfold

@@ -30,6 +30,7 @@ class ModelExecutor final : public Executor {
   // short for its chunk, positions beyond the model's context, two chunks of one request or
   // writing one cache slot, or a chunk that needs token history the executor lacks.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
+  absl::Status Idle() override { return model_.Idle(); }
 
   // The logits of the last Execute, one row of vocab_size each, in chunk order: a chunk's scored
   // prompt rows (ScheduledChunk::prompt_logprobs; memory grows with the step's token budget),

@@ -13,7 +13,7 @@
 namespace kvfold {
 namespace {
 
-enum Command : int32_t { kStop = 0, kForward = 1 };
+enum Command : int32_t { kStop = 0, kForward = 1, kKeepalive = 2 };
 
 // The header: every field an int32 in one float slot.
 struct Header {
@@ -109,9 +109,17 @@ absl::Status BroadcastStepSink::Finish() {
   return BroadcastHeader(comm_, stop);
 }
 
+absl::Status BroadcastStepSink::Keepalive() {
+  Header h;
+  h.command = kKeepalive;
+  return BroadcastHeader(comm_, h);
+}
+
 absl::Status BroadcastStepSource::Next(StepMessage& step) {
   Header h;
-  KVFOLD_RETURN_IF_ERROR(BroadcastHeader(comm_, h));
+  do {
+    KVFOLD_RETURN_IF_ERROR(BroadcastHeader(comm_, h));
+  } while (h.command == kKeepalive);
   if (h.command == kStop) {
     step = StepMessage::Finish();
     return absl::OkStatus();

@@ -25,6 +25,7 @@ class BroadcastStepSink final : public StepSink {
   explicit BroadcastStepSink(Communicator& comm) : comm_(comm) {}
   absl::Status Send(const ForwardBatch& batch, const KvCache& cache) override;
   absl::Status Finish() override;
+  absl::Status Keepalive() override;
 
  private:
   Communicator& comm_;

@@ -65,6 +65,9 @@ class StepSink {
   virtual ~StepSink() = default;
   virtual absl::Status Send(const ForwardBatch& batch, const KvCache& cache) = 0;
   virtual absl::Status Finish() = 0;
+  // Between steps, when the leader has been idle a while: followers waiting with a timeout (the
+  // communicator's) learn that the leader lives. A no-op where the wait has no timeout.
+  virtual absl::Status Keepalive() { return absl::OkStatus(); }
 };
 
 // A follower's end: the leader's next step (blocking), the finish marker included.

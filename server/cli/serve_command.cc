@@ -159,6 +159,8 @@ int RunServe(const std::vector<std::string>& positional) {
     model.set_before_forward([&steps](const ForwardBatch& batch, const KvCache& cache) {
       return steps.Send(batch, cache);
     });
+    // An idle server still tells its followers it lives (their wait for a step has a timeout).
+    model.set_on_idle([&steps] { return steps.Keepalive(); });
   }
 
   absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();

@@ -110,6 +110,17 @@ class ServeTensorParallelTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0, server.log())
         self.assertIn("per rank (tensor-parallel size 2)", server.log())
 
+    def test_an_idle_server_outlives_its_followers_timeout(self):
+        # The followers wait for each step with --tensor-parallel-timeout; an idle leader sends
+        # keepalives (about once a second), so idling for longer than the timeout is no failure.
+        server = Server("--tensor-parallel-size", "2", "--tensor-parallel-timeout", "2")
+        try:
+            time.sleep(5)
+            self.assertEqual(server.proc.poll(), None, server.log())
+            self.assertEqual(completion(server, PROMPTS[0]), self.reference[0])
+        finally:
+            self.assertEqual(server.stop(), 0, server.log())
+
     def test_two_nodes_match_one_process(self):
         server, follower = start_two_node_server()
         try:
