@@ -25,38 +25,43 @@ struct Submission {
 using InboxItem = std::variant<Submission, RequestId>;
 
 // The executor's result has one token per sampling chunk, in chunk order.
-absl::Status CheckResult(const StepPlan& plan, const StepResult& result) {
+// Whether `results` pair up one by one, in order, with the chunks `wants` selects, each pair
+// passing `matches`.
+template <typename Result, typename Wants, typename Matches>
+bool PairsInOrder(const std::vector<ScheduledChunk>& chunks, const std::vector<Result>& results,
+                  Wants wants, Matches matches) {
   size_t next = 0;
-  for (const ScheduledChunk& chunk : plan.chunks) {
-    if (!chunk.sample) continue;
-    if (next >= result.sampled.size() || result.sampled[next].request_id != chunk.request_id) {
-      break;
-    }
+  for (const ScheduledChunk& chunk : chunks) {
+    if (!wants(chunk)) continue;
+    if (next >= results.size() || !matches(chunk, results[next])) return false;
     ++next;
   }
-  const size_t num_sampling =
-      std::count_if(plan.chunks.begin(), plan.chunks.end(), [](const auto& c) { return c.sample; });
-  if (next != num_sampling || next != result.sampled.size()) {
+  return next == results.size();
+}
+
+absl::Status CheckResult(const StepPlan& plan, const StepResult& result) {
+  auto count = [&](auto wants) {
+    return std::count_if(plan.chunks.begin(), plan.chunks.end(), wants);
+  };
+  auto sampling = [](const ScheduledChunk& c) { return c.sample; };
+  if (!PairsInOrder(plan.chunks, result.sampled, sampling,
+                    [](const ScheduledChunk& c, const SampledToken& s) {
+                      return s.request_id == c.request_id;
+                    })) {
     return absl::InternalError(absl::StrCat("the executor returned ", result.sampled.size(),
-                                            " tokens for ", num_sampling,
+                                            " tokens for ", count(sampling),
                                             " sampling chunks, or out of order"));
   }
   // One ChunkPromptLogprobs per chunk with prompt_logprobs, in order, each the right size.
-  size_t scored = 0;
-  for (const ScheduledChunk& chunk : plan.chunks) {
-    if (!chunk.prompt_logprobs.has_value()) continue;
-    if (scored >= result.prompt_logprobs.size() ||
-        result.prompt_logprobs[scored].request_id != chunk.request_id ||
-        static_cast<int32_t>(result.prompt_logprobs[scored].logprobs.size()) !=
-            chunk.num_prompt_scores()) {
-      return absl::InternalError(absl::StrCat("the executor's prompt logprobs do not match chunk ",
-                                              scored, " that asked for them"));
-    }
-    ++scored;
-  }
-  if (scored != result.prompt_logprobs.size()) {
-    return absl::InternalError(absl::StrCat("the executor returned ", result.prompt_logprobs.size(),
-                                            " prompt logprobs lists for ", scored, " chunks"));
+  auto scoring = [](const ScheduledChunk& c) { return c.prompt_logprobs.has_value(); };
+  if (!PairsInOrder(plan.chunks, result.prompt_logprobs, scoring,
+                    [](const ScheduledChunk& c, const ChunkPromptLogprobs& p) {
+                      return p.request_id == c.request_id &&
+                             static_cast<int32_t>(p.logprobs.size()) == c.num_prompt_scores();
+                    })) {
+    return absl::InternalError(absl::StrCat(
+        "the executor returned ", result.prompt_logprobs.size(), " prompt logprobs lists for ",
+        count(scoring), " chunks that asked for them, or out of order, or the wrong size"));
   }
   return absl::OkStatus();
 }

@@ -205,6 +205,70 @@ TEST(EngineTest, ExecutorFailureEndsLiveRequestsAndServingGoesOn) {
   EXPECT_EQ(engine.Stats().num_free_blocks, kNumBlocks);
 }
 
+// Wraps the fake model and breaks the results it returns in one way.
+enum class Corruption { kMissingToken, kSwappedTokens, kShortPromptLogprobs, kExtraPromptLogprobs };
+
+class CorruptingExecutor : public Executor {
+ public:
+  CorruptingExecutor(FakeExecutor& model, Corruption corruption)
+      : model_(model), corruption_(corruption) {}
+
+  absl::StatusOr<StepResult> Execute(const StepPlan& plan) override {
+    absl::StatusOr<StepResult> result = model_.Execute(plan);
+    if (!result.ok()) return result;
+    std::vector<SampledToken>& sampled = result->sampled;
+    std::vector<ChunkPromptLogprobs>& scored = result->prompt_logprobs;
+    switch (corruption_) {
+      case Corruption::kMissingToken:
+        if (!sampled.empty()) sampled.pop_back();
+        break;
+      case Corruption::kSwappedTokens:
+        if (sampled.size() >= 2) std::swap(sampled[0], sampled[1]);
+        break;
+      case Corruption::kShortPromptLogprobs:
+        if (!scored.empty() && !scored[0].logprobs.empty()) scored[0].logprobs.pop_back();
+        break;
+      case Corruption::kExtraPromptLogprobs:
+        if (!plan.chunks.empty())
+          scored.push_back(ChunkPromptLogprobs{.request_id = plan.chunks.front().request_id});
+        break;
+    }
+    return result;
+  }
+
+ private:
+  FakeExecutor& model_;
+  Corruption corruption_;
+};
+
+class EngineResultCheckTest : public ::testing::TestWithParam<Corruption> {};
+
+// A result that does not pair up with the plan's chunks fails the step's requests with an error
+// naming the executor, frees their blocks, and the engine keeps serving.
+TEST_P(EngineResultCheckTest, MismatchedResultsFailTheStep) {
+  constexpr int32_t kNumBlocks = 32;
+  FakeExecutor model(kNumBlocks, kBlockSize);
+  CorruptingExecutor executor(model, GetParam());
+  Collector collector;
+  Engine engine(Config(), kNumBlocks, kBlockSize, 0, executor);
+  for (RequestId id : {1, 2}) {
+    Request request = Req(id, {5, 6, static_cast<int32_t>(6 + id)}, 4);
+    request.prompt_logprobs = 1;
+    ASSERT_TRUE(engine.Submit(request, collector.For(id)).ok());
+  }
+  ASSERT_TRUE(collector.WaitForFinals(2));
+  for (const auto& [id, stream] : collector.streams()) {
+    EXPECT_EQ(stream.finish, FinishReason::kError) << id;
+    EXPECT_THAT(stream.error, HasSubstr("the executor returned")) << id;
+  }
+  EXPECT_EQ(engine.Stats().num_free_blocks, kNumBlocks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Corruptions, EngineResultCheckTest,
+                         ::testing::Values(Corruption::kMissingToken, Corruption::kSwappedTokens,
+                                           Corruption::kShortPromptLogprobs,
+                                           Corruption::kExtraPromptLogprobs));
+
 // The step observer sees every computed token once and each request's first scheduling once,
 // before that request's first output.
 TEST(EngineTest, StepObserverCountsTokensAndFirstSchedulings) {
