@@ -21,6 +21,7 @@
 #include "server/serving/served_model.h"
 #include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
+#include "tests/testing/stories_fixture.h"
 
 namespace kvfold::rpc {
 namespace {
@@ -113,17 +114,11 @@ bool Eventually(F done) {
   return true;
 }
 
-class GrpcFrontEndTest : public ::testing::Test {
+class GrpcFrontEndTest : public testing::StoriesFixture {
  protected:
   void SetUp() override {
-    const std::string path = testing::SourcePath("models/stories260K");
-    ops_ = NewCpuOps(1);
-    absl::StatusOr<std::unique_ptr<LlamaModel>> model = testing::LoadModel(path, *ops_);
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = *std::move(model);
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = *std::move(tokenizer);
+    testing::StoriesFixture::SetUp();
+    if (HasFatalFailure()) return;
     absl::StatusOr<serving::ChatPrompt> chat = serving::ChatPrompt::FromSource(
         ReadFile(testing::SourcePath("tests/fixtures/chat/templates/llama2.jinja")), "<s>", "</s>");
     ASSERT_TRUE(chat.ok()) << chat.status();
@@ -232,9 +227,6 @@ class GrpcFrontEndTest : public ::testing::Test {
     return bytes[1];
   }
 
-  std::unique_ptr<Ops> ops_;
-  std::unique_ptr<LlamaModel> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<serving::ChatPrompt> chat_;
   std::unique_ptr<serving::ServingEngine> engine_;
   serving::ServedModel served_;

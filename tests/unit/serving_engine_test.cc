@@ -11,6 +11,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
+#include "tests/testing/stories_fixture.h"
 
 namespace kvfold::serving {
 namespace {
@@ -58,17 +59,11 @@ class Collector {
   bool done_ = false;
 };
 
-class ServingEngineTest : public ::testing::Test {
+class ServingEngineTest : public testing::StoriesFixture {
  protected:
   void SetUp() override {
-    const std::string path = testing::SourcePath("models/stories260K");
-    ops_ = NewCpuOps(1);
-    absl::StatusOr<std::unique_ptr<LlamaModel>> model = testing::LoadModel(path, *ops_);
-    ASSERT_TRUE(model.ok()) << model.status();
-    model_ = *std::move(model);
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(path);
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
-    tokenizer_ = *std::move(tokenizer);
+    testing::StoriesFixture::SetUp();
+    if (HasFatalFailure()) return;
   }
 
   std::unique_ptr<ServingEngine> MakeEngine(ServingOptions options = {}) {
@@ -91,10 +86,6 @@ class ServingEngineTest : public ::testing::Test {
     r.ignore_eos = true;
     return r;
   }
-
-  std::unique_ptr<Ops> ops_;
-  std::unique_ptr<LlamaModel> model_;
-  std::unique_ptr<Tokenizer> tokenizer_;
 };
 
 TEST_F(ServingEngineTest, StreamedTextIsTheDecodedTokens) {
