@@ -4,6 +4,7 @@
 // follower rank reads the leader's steps from its Steps stream, and a stream that breaks fails
 // the end that is left.
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,27 +62,27 @@ TEST(ClusterTest, JoinChecksTheModelPlanShapeAndNodeRank) {
   ASSERT_TRUE(leader.ok()) << leader.status();
   const std::string address = Address(**leader);
 
-  GroupShape other_model = Shape();
-  other_model.model_fingerprint = "def456";
-  absl::StatusOr<Membership> m = JoinCluster(address, 1, other_model, absl::Seconds(10));
-  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(m.status().message(), HasSubstr("different model"));
+  struct Refusal {
+    int node_rank;
+    std::function<void(GroupShape&)> change;
+    std::string message;
+  };
+  const Refusal refusals[] = {
+      {1, [](GroupShape& s) { s.model_fingerprint = "def456"; }, "different model"},
+      {1, [](GroupShape& s) { s.attention_plan_id = "plan-x"; }, "different attention plan"},
+      {1, [](GroupShape& s) { s.nnodes = s.tensor_parallel_size = 3; }, "--nnodes 3"},
+      {2, [](GroupShape&) {}, "outside [1, 2)"},
+  };
+  for (const Refusal& r : refusals) {
+    GroupShape shape = Shape();
+    r.change(shape);
+    const absl::StatusOr<Membership> refused =
+        JoinCluster(address, r.node_rank, shape, absl::Seconds(10));
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << r.message;
+    EXPECT_THAT(refused.status().message(), HasSubstr(r.message));
+  }
 
-  GroupShape other_plan = Shape();
-  other_plan.attention_plan_id = "plan-x";
-  m = JoinCluster(address, 1, other_plan, absl::Seconds(10));
-  EXPECT_THAT(m.status().message(), HasSubstr("different attention plan"));
-
-  GroupShape other_size = Shape();
-  other_size.nnodes = 3;
-  other_size.tensor_parallel_size = 3;
-  m = JoinCluster(address, 1, other_size, absl::Seconds(10));
-  EXPECT_THAT(m.status().message(), HasSubstr("--nnodes 3"));
-
-  m = JoinCluster(address, 2, Shape(), absl::Seconds(10));
-  EXPECT_THAT(m.status().message(), HasSubstr("outside [1, 2)"));
-
-  m = JoinCluster(address, 1, Shape(), absl::Seconds(10));
+  absl::StatusOr<Membership> m = JoinCluster(address, 1, Shape(), absl::Seconds(10));
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->rank, 1);
   EXPECT_EQ(m->world_size, 2);
