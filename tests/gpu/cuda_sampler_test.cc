@@ -33,7 +33,8 @@ namespace {
 class DeviceFloats {
  public:
   explicit DeviceFloats(const std::vector<float>& host) {
-    EXPECT_EQ(cudaMalloc(&data_, host.size() * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&data_), host.size() * sizeof(float)),
+              cudaSuccess);
     EXPECT_EQ(cudaMemcpy(data_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice),
               cudaSuccess);
   }
