@@ -145,7 +145,7 @@ absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   fb.logits_rows = batch_.logits_rows;
   StepResult result;
   result.sampled.reserve(batch_.logits_rows.size());
-  if (device_sampler_ != nullptr) {
+  if (device_sampler_ != nullptr && model_.tensor_parallel().size == 1) {
     KVFOLD_RETURN_IF_ERROR(ForwardAndSampleOnDevice(plan, fb, result));
   } else {
     KVFOLD_RETURN_IF_ERROR(ForwardAndSampleOnHost(plan, fb, result));

@@ -35,7 +35,8 @@ class ModelExecutor final : public Executor {
   absl::Status Idle() override { return model_.Idle(); }
 
   // Samples on the device (null: on the host, the default). Only for a model whose ops are CUDA
-  // on the sampler's device, without tensor parallelism; not owned, must outlive the executor.
+  // on the sampler's device; ignored under tensor parallelism (the logits are gathered on the
+  // host there). Not owned, must outlive the executor.
   // A step then copies back one token per plain sampling row; the rows that need host logits
   // (logprobs, top logprobs, prompt logprobs) are copied and go through the CPU sampler, so every
   // result is the host path's (up to the rounding caveat in kernels/cuda/sampling.h).
