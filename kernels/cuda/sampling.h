@@ -14,6 +14,11 @@
 // relative, so a different token needs the uniform (a multiple of 2^-24) or top_p * total to land
 // within ~1e-12 of a boundary. Logits are assumed finite (no NaN).
 //
+// Device scratch grows to the largest batch seen: 12 bytes per row x vocab cell, about 48 when a
+// row filters by top_k or top_p (the sorts; ~1.6 GB at 256 x 128256). Those sorts are CUB segmented
+// sorts of whole rows, one block per row: the first thing to speed up (e.g. sort only candidates
+// above a safe probability bound).
+//
 // This header needs no CUDA: the worker packs DeviceSamplingBatch in CPU builds too.
 #pragma once
 
