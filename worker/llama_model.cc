@@ -471,6 +471,17 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache
   return Logits(last, logits);
 }
 
+absl::StatusOr<TensorView> LlamaModel::ForwardToDeviceLogits(const ForwardBatch& batch,
+                                                             const KvCache& cache) {
+  if (tp_.size != 1) {
+    return absl::UnimplementedError("device logits under tensor parallelism");
+  }
+  KVFOLD_RETURN_IF_ERROR(Forward(batch, cache, nullptr));
+  const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
+  if (num_logits == 0) return TensorView{nullptr, DType::kF32, 0, config().vocab_size};
+  return ws_->logits.view().Rows(0, num_logits);
+}
+
 absl::Status LlamaModel::Embed(absl::Span<const int32_t> token_ids, TensorView x) {
   if (tp_.size == 1) {
     ops_.Embedding(token_ids, embedding_, x);
@@ -498,7 +509,7 @@ absl::Status LlamaModel::Logits(const TensorView& last, float* logits) {
   const TensorView out = vocab_.count > 0 ? ws_->logits.view().Rows(0, num_logits) : TensorView{};
   if (vocab_.count > 0) ops_.MatMul(last, lm_head_, nullptr, out);
   if (tp_.size == 1) {
-    ops_.CopyToHost(out, logits);
+    if (logits != nullptr) ops_.CopyToHost(out, logits);
     return absl::OkStatus();
   }
   // Each rank sends [num_logits, stride] (its columns, zero-padded to the common stride); the

@@ -52,6 +52,10 @@ class LlamaModel {
   // [logits_rows.size(), vocab_size] F32 on the host (the whole vocabulary on every rank). Under
   // tensor parallelism a failed collective (a dead or silent rank) is returned as an error.
   absl::Status Forward(const ForwardBatch& batch, const KvCache& cache, float* logits);
+  // Forward, leaving the logits where the ops put them (device memory on CUDA): a view of
+  // [logits_rows.size(), vocab_size] F32, valid until the next Forward. Unimplemented under
+  // tensor parallelism (the logits are gathered on the host there).
+  absl::StatusOr<TensorView> ForwardToDeviceLogits(const ForwardBatch& batch, const KvCache& cache);
 
   // Sees every full layer's attention activations during Forward (calibration); null: none.
   // Under tensor parallelism it sees this rank's heads (q, k) and the reduced output.
@@ -75,7 +79,8 @@ class LlamaModel {
   void EnsureWorkspace(int64_t num_tokens, int64_t num_logits);
   // x = the tokens' embeddings (each rank looks up its vocabulary rows, then an all-reduce).
   absl::Status Embed(absl::Span<const int32_t> token_ids, TensorView x);
-  // logits = lm_head(last) over the whole vocabulary (each rank its rows, then an all-gather).
+  // logits = lm_head(last) over the whole vocabulary (each rank its rows, then an all-gather);
+  // null `logits` (size 1 only): left in the workspace, not copied to the host.
   absl::Status Logits(const TensorView& last, float* logits);
   // Sums a row-parallel projection's partial output `o` over the ranks (nothing at size 1).
   absl::Status AllReduce(TensorView o);

@@ -4,6 +4,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
+#include "worker/device_sampler.h"
 #include "worker/sampler.h"
 #include "worker/status_macros.h"
 
@@ -142,30 +143,85 @@ absl::StatusOr<StepResult> ModelExecutor::Execute(const StepPlan& plan) {
   fb.attention.max_blocks_per_seq = batch_.max_blocks_per_seq;
   fb.attention.slot_mapping = batch_.slot_mapping;
   fb.logits_rows = batch_.logits_rows;
+  StepResult result;
+  result.sampled.reserve(batch_.logits_rows.size());
+  if (device_sampler_ != nullptr && model_.tensor_parallel().size == 1) {
+    KVFOLD_RETURN_IF_ERROR(ForwardAndSampleOnDevice(plan, fb, result));
+  } else {
+    KVFOLD_RETURN_IF_ERROR(ForwardAndSampleOnHost(plan, fb, result));
+  }
+  return result;
+}
+
+template <typename NextRow>
+void ModelExecutor::ScorePrompt(const ScheduledChunk& c, NextRow next_row,
+                                StepResult& result) const {
+  ChunkPromptLogprobs& scores = result.prompt_logprobs.emplace_back();
+  scores.request_id = c.request_id;
+  const int32_t num_scores = c.num_prompt_scores();
+  scores.logprobs.reserve(num_scores);
+  for (int32_t i = 0; i < num_scores; ++i) {
+    const int32_t target =
+        i + 1 < static_cast<int32_t>(c.token_ids.size()) ? c.token_ids[i + 1] : c.next_prompt_token;
+    scores.logprobs.push_back(ScoreToken(next_row(), target, *c.prompt_logprobs));
+  }
+}
+
+absl::Status ModelExecutor::ForwardAndSampleOnHost(const StepPlan& plan, const ForwardBatch& fb,
+                                                   StepResult& result) {
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   logits_.resize(batch_.logits_rows.size() * vocab);
   KVFOLD_RETURN_IF_ERROR(model_.Forward(fb, cache_, logits_.data()));
-
-  StepResult result;
-  result.sampled.reserve(batch_.logits_rows.size());
   size_t row = 0;
   auto next_row = [&] { return absl::Span<const float>(logits_.data() + row++ * vocab, vocab); };
   for (const ScheduledChunk& c : plan.chunks) {
-    if (c.prompt_logprobs.has_value()) {
-      ChunkPromptLogprobs& scores = result.prompt_logprobs.emplace_back();
-      scores.request_id = c.request_id;
-      const int32_t num_scores = c.num_prompt_scores();
-      scores.logprobs.reserve(num_scores);
-      for (int32_t i = 0; i < num_scores; ++i) {
-        const int32_t target = i + 1 < static_cast<int32_t>(c.token_ids.size())
-                                   ? c.token_ids[i + 1]
-                                   : c.next_prompt_token;
-        scores.logprobs.push_back(ScoreToken(next_row(), target, *c.prompt_logprobs));
-      }
-    }
+    if (c.prompt_logprobs.has_value()) ScorePrompt(c, next_row, result);
     if (c.sample) result.sampled.push_back(SampleChunk(c, next_row()));
   }
-  return result;
+  return absl::OkStatus();
+}
+
+absl::Status ModelExecutor::ForwardAndSampleOnDevice(const StepPlan& plan, const ForwardBatch& fb,
+                                                     StepResult& result) {
+  const int32_t vocab = model_.config().vocab_size;
+  KVFOLD_ASSIGN_OR_RETURN(const TensorView logits, model_.ForwardToDeviceLogits(fb, cache_));
+  // Rows that need host logits (prompt scores, logprobs) are copied; the others sample on the
+  // device, in chunk order.
+  host_rows_.clear();
+  std::vector<DeviceSampleRequest> requests;
+  int32_t row = 0;
+  for (const ScheduledChunk& c : plan.chunks) {
+    for (int32_t i = 0; i < c.num_prompt_scores(); ++i) host_rows_.push_back(row++);
+    if (!c.sample) continue;
+    if (c.sampling.logprobs) {
+      host_rows_.push_back(row++);
+    } else {
+      requests.push_back({row++, &c.sampling, static_cast<uint64_t>(c.output_index), HistoryOf(c)});
+    }
+  }
+  logits_.resize(host_rows_.size() * static_cast<size_t>(vocab));
+  KVFOLD_RETURN_IF_ERROR(device_sampler_->CopyRowsToHost(logits.f32(), logits.rows, vocab,
+                                                         host_rows_, logits_.data()));
+  device_tokens_.resize(requests.size());
+  KVFOLD_RETURN_IF_ERROR(device_sampler_->Sample(logits.f32(), logits.rows, vocab,
+                                                 PackDeviceSamplingBatch(requests, vocab),
+                                                 absl::MakeSpan(device_tokens_)));
+  size_t host_row = 0, device_row = 0;
+  auto next_row = [&] {
+    return absl::Span<const float>(logits_.data() + host_row++ * vocab, vocab);
+  };
+  for (const ScheduledChunk& c : plan.chunks) {
+    if (c.prompt_logprobs.has_value()) ScorePrompt(c, next_row, result);
+    if (!c.sample) continue;
+    if (c.sampling.logprobs) {
+      result.sampled.push_back(SampleChunk(c, next_row()));
+    } else {
+      SampledToken& t = result.sampled.emplace_back();
+      t.request_id = c.request_id;
+      t.token_id = device_tokens_[device_row++];
+    }
+  }
+  return absl::OkStatus();
 }
 
 void ModelExecutor::UpdateHistories(const StepPlan& plan) {
@@ -183,8 +239,7 @@ void ModelExecutor::UpdateHistories(const StepPlan& plan) {
   }
 }
 
-SampledToken ModelExecutor::SampleChunk(const ScheduledChunk& c,
-                                        absl::Span<const float> logits) const {
+TokenHistory ModelExecutor::HistoryOf(const ScheduledChunk& c) const {
   TokenHistory history;
   if (c.sampling.NeedsHistory()) {
     const absl::Span<const int32_t> tokens = histories_.at(c.request_id);
@@ -193,9 +248,14 @@ SampledToken ModelExecutor::SampleChunk(const ScheduledChunk& c,
     history.prompt = tokens.first(num_prompt);
     history.output = tokens.subspan(num_prompt);
   }
+  return history;
+}
+
+SampledToken ModelExecutor::SampleChunk(const ScheduledChunk& c,
+                                        absl::Span<const float> logits) const {
   SampledToken t;
   t.request_id = c.request_id;
-  t.token_id = Sample(logits, c.sampling, c.output_index, history);
+  t.token_id = Sample(logits, c.sampling, c.output_index, HistoryOf(c));
   if (c.sampling.logprobs) {
     t.logprob = LogProbability(logits, t.token_id);
     t.top_logprobs = TopLogprobs(logits, c.sampling.top_logprobs);

@@ -54,7 +54,7 @@ package() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVFOLD_GPU_SUITE=ON \
     -DCMAKE_CUDA_ARCHITECTURES="80;90a" "${launcher[@]}"
   nice cmake --build "$build" -j "${KVFOLD_JOBS:-2}" --target kvfold_gpu_tests \
-    kvfold_gpu_decode_bench
+    kvfold_gpu_decode_bench kvfold_gpu_sampling_bench
 
   rm -rf "$suite"
   mkdir -p "$suite/bin" "$suite/lib/compat"
@@ -62,7 +62,7 @@ package() {
   for f in "$build"/tests/gpu_*; do
     [[ -f $f && -x $f ]] && binaries+=("$f")
   done
-  binaries+=("$build/bench/kvfold_gpu_decode_bench")
+  binaries+=("$build/bench/kvfold_gpu_decode_bench" "$build/bench/kvfold_gpu_sampling_bench")
   local manifest="$suite/MANIFEST.txt"
   {
     echo "kvfold GPU suite, packaged $(date -u +%FT%TZ) from $(git rev-parse --short=12 HEAD)$(
@@ -186,6 +186,8 @@ run() {
   local bench_rc=${PIPESTATUS[0]}
   echo "kvfold_gpu_decode_bench exit $bench_rc" >>"$json_dir/exit_codes.txt"
   ((bench_rc != 0)) && status=1
+
+  "$suite/bin/kvfold_gpu_sampling_bench" 2>&1 | tee "$json_dir/sampling_bench.txt" | tee -a "$log"
 
   if [[ ${KVFOLD_SKIP_HF:-0} != 1 ]] && nvidia-smi >/dev/null 2>&1 &&
     python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
