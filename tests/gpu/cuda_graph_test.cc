@@ -14,6 +14,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/testing/model_fixtures.h"
 #include "tests/testing/paths.h"
+#include "worker/attention_plan.h"
 #include "worker/kv_cache.h"
 #include "worker/llama_model.h"
 #include "worker/sampler.h"
@@ -93,10 +94,11 @@ class CudaGraphTest : public ::testing::Test {
     ops_ = *NewCudaOps(0);
   }
 
-  std::unique_ptr<LlamaModel> Load(const std::string& path, StepGraphOptions options) {
+  std::unique_ptr<LlamaModel> Load(const std::string& path, StepGraphOptions options,
+                                   const AttentionPlan& plan = {}) {
     auto weights = OpenWeights(path);
     CHECK(weights.ok()) << weights.status();
-    auto model = LlamaModel::Load(*std::move(weights), *ops_);
+    auto model = LlamaModel::Load(*std::move(weights), *ops_, plan);
     CHECK(model.ok()) << model.status();
     (*model)->set_step_graphs(std::move(options));
     return *std::move(model);
@@ -105,13 +107,14 @@ class CudaGraphTest : public ::testing::Test {
   // Decodes `steps` tokens of `num_seqs` sequences with plain eager steps, staged eager steps and
   // graphs (teacher-forced with the eager run's greedy tokens); every step's logits must be
   // bit-identical across the three.
-  void ExpectSameBits(const std::string& path, int num_seqs, int steps) {
+  void ExpectSameBits(const std::string& path, int num_seqs, int steps,
+                      const AttentionPlan& plan = {}) {
     StepGraphOptions staged, graphs;
     staged.stage_inputs = true;
     graphs.graphs = true;
-    std::unique_ptr<LlamaModel> eager_model = Load(path, {});
-    std::unique_ptr<LlamaModel> staged_model = Load(path, staged);
-    std::unique_ptr<LlamaModel> graph_model = Load(path, graphs);
+    std::unique_ptr<LlamaModel> eager_model = Load(path, {}, plan);
+    std::unique_ptr<LlamaModel> staged_model = Load(path, staged, plan);
+    std::unique_ptr<LlamaModel> graph_model = Load(path, graphs, plan);
     Decoder eager(*eager_model, *ops_, num_seqs), stage(*staged_model, *ops_, num_seqs),
         graph(*graph_model, *ops_, num_seqs);
     const int32_t vocab = eager_model->config().vocab_size;
@@ -145,6 +148,26 @@ TEST_F(CudaGraphTest, RandomLlamaGraphsMatchEagerBitForBit) {
   spec.attention_bias = true;
   testing::WriteRandomLlama(dir, spec);
   for (const int num_seqs : {1, 3, 8}) ExpectSameBits(dir, num_seqs, 14);
+}
+
+// Folded layers under graphs: share (which recomputes the source's probabilities in a graph
+// instead of keeping them: the same bits), cluster (cached head groups) and drop with a bias
+// (a broadcast through staged zero rows).
+TEST_F(CudaGraphTest, FoldedPlanGraphsMatchEagerBitForBit) {
+  const std::string dir = ::testing::TempDir() + "/cuda_graph_folded_llama";
+  std::filesystem::create_directories(dir);
+  testing::RandomLlamaSpec spec;  // 4 layers, 8 KV heads, hidden 64
+  testing::WriteRandomLlama(dir, spec);
+  auto weights = OpenWeights(dir);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  AttentionPlan plan = FullAttentionPlan((*weights)->config());
+  plan.layers[1] = {AttentionMode::kShare, 0};
+  plan.layers[2].mode = AttentionMode::kCluster;
+  plan.layers[2].clusters = 4;
+  plan.layers[2].static_map = {0, 0, 2, 2, 4, 4, 6, 6};
+  plan.layers[3] = {AttentionMode::kDrop};
+  for (int i = 0; i < spec.hidden; ++i) plan.layers[3].bias.push_back(0.01f * (i % 7 - 3));
+  for (const int num_seqs : {1, 3, 8}) ExpectSameBits(dir, num_seqs, 14, plan);
 }
 
 // A padding row must not change a real sequence: three sequences alone (padded to 4) and the
