@@ -265,7 +265,9 @@ class Ops {
   virtual bool HasStepGraph(int64_t key) const { return false; }
   // Runs graph `key` on the values last staged into region `key`.
   virtual absl::Status ReplayStepGraph(int64_t key) { return NoStepGraphs(); }
-  // Forgets every graph (device memory one references is about to be reallocated).
+  // Forgets every graph. A graph keeps reading and writing the device memory it was captured with
+  // (activations, KV cache, weights): a caller about to reallocate any of it drops the graphs
+  // first (the backend drops them itself when its own scratch grows). Keys are >= 0.
   virtual void DropStepGraphs() {}
 
  private:
