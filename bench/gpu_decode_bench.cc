@@ -20,8 +20,12 @@
 // probabilities, V stored only: 3/4 of the KV bytes), at batch 1 and 256 and at the batch that
 // fills the KV memory of unfolded batch 256.
 //
+// Graphs: each row runs with step graphs off (eager op calls, host arrays staged once per step)
+// and on (decode steps replayed as CUDA graphs, LlamaModel::set_step_graphs); logits=one steps
+// are not plain decode steps (logits for one sequence only), so they always run eagerly.
+//
 //   kvfold_gpu_decode_bench [--gguf=PATH] [--models=smollm2,llama1b,llama1b_folded]
-//                           [--batches=1,8,64,256] [--steps=128] [--json=PATH]
+//                           [--batches=1,8,64,256] [--steps=128] [--graphs=off,on] [--json=PATH]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -55,6 +59,7 @@ struct Options {
   std::vector<std::string> models = {"smollm2", "llama1b", "llama1b_folded"};
   std::vector<int> batches = {1, 8, 64, 256};
   int steps = 128;
+  std::vector<bool> graphs = {false, true};
   std::string json;
 };
 
@@ -200,10 +205,12 @@ double MeasureCopyBandwidth() {
 }
 
 // Seconds for `steps` decode steps of `batch` sequences from position 0.
-double TimeDecode(LlamaModel& model, Ops& ops, int batch, int steps, bool all_logits) {
+// `cache` holds batch * BlocksPerSeq(steps) blocks; one cache per batch size, so step graphs
+// (which write to the cache they were captured with) survive from the warm-up to the timed runs.
+int32_t BlocksPerSeq(int steps) { return (steps + kBlockSize - 1) / kBlockSize; }
+double TimeDecode(LlamaModel& model, const KvCache& cache, int batch, int steps, bool all_logits) {
   const ModelConfig& c = model.config();
-  const int32_t blocks_per_seq = (steps + kBlockSize - 1) / kBlockSize;
-  KvCache cache(ops, model.kv_layer_shapes(), batch * blocks_per_seq, kBlockSize, DType::kBF16);
+  const int32_t blocks_per_seq = BlocksPerSeq(steps);
   LockstepBatch batches(blocks_per_seq, kBlockSize, batch);
   std::vector<int32_t> tokens(batch);
   std::vector<float> logits(static_cast<size_t>(all_logits ? batch : 1) * c.vocab_size);
@@ -223,14 +230,15 @@ double TimeDecode(LlamaModel& model, Ops& ops, int batch, int steps, bool all_lo
 struct Row {
   std::string model;
   std::string plan;
+  bool graphs = false;
   int batch = 0;
   int steps = 0;
   double tps_all = 0, tps_one = 0, roofline = 0, bytes_per_step = 0;
 };
 
 void RunModel(const std::string& label, std::unique_ptr<WeightSource> source, AttentionPlan plan,
-              const std::vector<int>& batches, int steps, double bandwidth,
-              std::vector<Row>& rows) {
+              const std::vector<int>& batches, int steps, const std::vector<bool>& graph_modes,
+              double bandwidth, std::vector<Row>& rows) {
   const ModelConfig config = source->config();
   const bool folded = plan.folded();
   const StepBytes bytes =
@@ -238,20 +246,32 @@ void RunModel(const std::string& label, std::unique_ptr<WeightSource> source, At
   std::unique_ptr<Ops> ops = *NewCudaOps(0);
   auto model = LlamaModel::Load(std::move(source), *ops, std::move(plan));
   CHECK(model.ok()) << model.status();
-  for (const int batch : batches) {
-    TimeDecode(**model, *ops, batch, std::min(steps, 16), false);  // warm-up: cuBLAS, workspace
-    Row row{label, folded ? "share-odd" : "full", batch, steps};
-    row.tps_all = batch * steps / TimeDecode(**model, *ops, batch, steps, true);
-    row.tps_one = batch * steps / TimeDecode(**model, *ops, batch, steps, false);
-    row.bytes_per_step = bytes.PerStep(batch, (steps + 1) / 2.0);
-    row.roofline = batch * bandwidth / row.bytes_per_step;
-    std::printf(
-        "ROW model=%s plan=%s batch=%d steps=%d tok_s_all=%.1f tok_s_one=%.1f "
-        "roofline_tok_s=%.1f pct_roofline_one=%.1f bytes_per_step=%.0f\n",
-        row.model.c_str(), row.plan.c_str(), batch, steps, row.tps_all, row.tps_one, row.roofline,
-        100.0 * row.tps_one / row.roofline, row.bytes_per_step);
-    std::fflush(stdout);
-    rows.push_back(row);
+  for (const bool graphs : graph_modes) {
+    StepGraphOptions options;
+    options.stage_inputs = true;
+    options.graphs = graphs;
+    (*model)->set_step_graphs(options);
+    for (const int batch : batches) {
+      const KvCache cache(*ops, (*model)->kv_layer_shapes(), batch * BlocksPerSeq(steps),
+                          kBlockSize, DType::kBF16);
+      // Warm-up: cuBLAS, workspace, and with graphs every table width's graph, run once eagerly
+      // then captured (the timed runs only replay).
+      TimeDecode(**model, cache, batch, steps, true);
+      TimeDecode(**model, cache, batch, steps, true);
+      Row row{label, folded ? "share-odd" : "full", graphs, batch, steps};
+      row.tps_all = batch * steps / TimeDecode(**model, cache, batch, steps, true);
+      row.tps_one = batch * steps / TimeDecode(**model, cache, batch, steps, false);
+      row.bytes_per_step = bytes.PerStep(batch, (steps + 1) / 2.0);
+      row.roofline = batch * bandwidth / row.bytes_per_step;
+      std::printf(
+          "ROW model=%s plan=%s graphs=%s batch=%d steps=%d tok_s_all=%.1f tok_s_one=%.1f "
+          "roofline_tok_s=%.1f pct_roofline_all=%.1f pct_roofline_one=%.1f bytes_per_step=%.0f\n",
+          row.model.c_str(), row.plan.c_str(), graphs ? "on" : "off", batch, steps, row.tps_all,
+          row.tps_one, row.roofline, 100.0 * row.tps_all / row.roofline,
+          100.0 * row.tps_one / row.roofline, row.bytes_per_step);
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
   }
 }
 
@@ -279,6 +299,12 @@ bool ParseFlags(int argc, char** argv, Options& o) {
       if (!ParseInts(value, o.batches)) return false;
     } else if (key == "--steps") {
       if (!absl::SimpleAtoi(value, &o.steps) || o.steps < 1) return false;
+    } else if (key == "--graphs") {
+      o.graphs.clear();
+      for (absl::string_view mode : absl::StrSplit(value, ',')) {
+        if (mode != "off" && mode != "on") return false;
+        o.graphs.push_back(mode == "on");
+      }
     } else if (key == "--json") {
       o.json = value;
     } else {
@@ -293,7 +319,8 @@ int Main(int argc, char** argv) {
   if (!ParseFlags(argc, argv, o)) {
     std::fprintf(stderr,
                  "usage: kvfold_gpu_decode_bench [--gguf=PATH] [--models=smollm2,llama1b,"
-                 "llama1b_folded] [--batches=1,8,64,256] [--steps=128] [--json=PATH]\n");
+                 "llama1b_folded] [--batches=1,8,64,256] [--steps=128] [--graphs=off,on] "
+                 "[--json=PATH]\n");
     return 2;
   }
   if (!CudaDeviceAvailable()) {
@@ -310,15 +337,16 @@ int Main(int argc, char** argv) {
       if (!o.gguf.empty() && std::filesystem::exists(o.gguf)) {
         auto source = OpenWeights(o.gguf);
         CHECK(source.ok()) << source.status();
-        RunModel("smollm2-135m-gguf", *std::move(source), {}, o.batches, o.steps, bandwidth, rows);
+        RunModel("smollm2-135m-gguf", *std::move(source), {}, o.batches, o.steps, o.graphs,
+                 bandwidth, rows);
       } else {
         RunModel("smollm2-135m-shape-random", std::make_unique<RandomWeightSource>(smol, "smollm2"),
-                 {}, o.batches, o.steps, bandwidth, rows);
+                 {}, o.batches, o.steps, o.graphs, bandwidth, rows);
       }
     } else if (name == "llama1b") {
       RunModel("llama-3.2-1b-shape-random",
                std::make_unique<RandomWeightSource>(llama1b, "llama1b"), {}, o.batches, o.steps,
-               bandwidth, rows);
+               o.graphs, bandwidth, rows);
     } else if (name == "llama1b_folded") {
       // Equal KV memory: the batch whose folded cache takes what unfolded batch 256 takes.
       const double ratio =
@@ -328,7 +356,7 @@ int Main(int argc, char** argv) {
       const int equal_kv_batch = static_cast<int>(256 * ratio);
       RunModel("llama-3.2-1b-shape-random",
                std::make_unique<RandomWeightSource>(llama1b, "llama1b"), ShareOddLayers(llama1b),
-               {1, 256, equal_kv_batch}, o.steps, bandwidth, rows);
+               {1, 256, equal_kv_batch}, o.steps, o.graphs, bandwidth, rows);
     } else {
       std::fprintf(stderr, "unknown model %s\n", name.c_str());
       return 2;
@@ -340,10 +368,10 @@ int Main(int argc, char** argv) {
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       out << (i ? ",\n" : "\n") << "{\"model\": \"" << r.model << "\", \"plan\": \"" << r.plan
-          << "\", \"batch\": " << r.batch << ", \"steps\": " << r.steps
-          << ", \"tok_s_all_logits\": " << r.tps_all << ", \"tok_s_one_logits\": " << r.tps_one
-          << ", \"roofline_tok_s\": " << r.roofline << ", \"bytes_per_step\": " << r.bytes_per_step
-          << "}";
+          << "\", \"graphs\": " << (r.graphs ? "true" : "false") << ", \"batch\": " << r.batch
+          << ", \"steps\": " << r.steps << ", \"tok_s_all_logits\": " << r.tps_all
+          << ", \"tok_s_one_logits\": " << r.tps_one << ", \"roofline_tok_s\": " << r.roofline
+          << ", \"bytes_per_step\": " << r.bytes_per_step << "}";
     }
     out << "\n]}\n";
   }

@@ -236,8 +236,8 @@ void CheckWriteKv(const TensorView& k, const TensorView& v, const AttentionBatch
         << cache.k.cols << "] (num_k_heads * head_dim, the stored heads only)";
   }
   for (const int64_t slot : batch.slot_mapping) {
-    CHECK(slot >= 0 && slot < cache.v.rows)
-        << "WriteKv: slot " << slot << " outside [0, " << cache.v.rows << ")";
+    CHECK(slot < cache.v.rows) << "WriteKv: slot " << slot << " outside [0, " << cache.v.rows
+                               << ") (negative: padding, skipped)";
   }
 }
 

@@ -22,8 +22,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "glog/logging.h"
 
@@ -166,6 +168,16 @@ struct RopeTable {
   TensorView cos_sin;  // [max_positions, head_dim], F32
 };
 
+// A host array as Ops::StageStepInputs takes it.
+struct HostArray {
+  const void* data = nullptr;
+  size_t bytes = 0;
+  template <typename T>
+  static HostArray Of(absl::Span<const T> values) {
+    return {values.data(), values.size() * sizeof(T)};
+  }
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -193,7 +205,8 @@ class Ops {
   // Writes row i of k and v (F32) to cache slot batch.slot_mapping[i], converting to the cache's
   // dtype. k is [n, cache.num_k_heads * head_dim] (already compacted to the heads the layer
   // stores) and v is [n, cache.num_v_heads * head_dim]; a layer without K (num_k_heads == 0)
-  // ignores k, which may be an empty view.
+  // ignores k, which may be an empty view. A negative slot writes nothing: the padding rows of a
+  // step graph's batch (below) store no K/V.
   virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                        const KvCacheLayer& cache) = 0;
   // The paged-attention kernel family (attention plans: ../shared/ATTENTION.md). For each query
@@ -224,6 +237,43 @@ class Ops {
   virtual void Add(TensorView x, const TensorView& y) = 0;
   // out[i] = x[rows[i]].
   virtual void GatherRows(const TensorView& x, absl::Span<const int32_t> rows, TensorView out) = 0;
+
+  // --- Step staging and step graphs (CUDA; the CPU backend stages nothing and has no graphs). ---
+  // A step's ops read small host arrays (token ids, positions, block tables, slot mapping). Staged,
+  // they reach the device in one transfer per step instead of one per op call, and a recorded
+  // step (a CUDA graph) can be replayed with the next step's values at the same device addresses.
+  //
+  // Copies `arrays` (and, when non-null, `attention`'s block tables and slot mapping plus each
+  // query row's sequence and position) to device memory in one transfer. Until EndStep, an op
+  // given one of these spans (the same address and length) reads that copy instead of uploading
+  // the span. `region` >= 0 stages into the fixed device memory of step graph `region` (what its
+  // capture reads and every replay rereads); kEagerRegion into memory shared by eager steps. The
+  // caller keeps the arrays alive and unchanged until EndStep.
+  static constexpr int64_t kEagerRegion = -1;
+  virtual void StageStepInputs(absl::Span<const HostArray> arrays, const AttentionBatch* attention,
+                               int64_t region) {}
+  virtual void EndStep() {}
+  // Whether BeginStepCapture works here.
+  virtual bool SupportsStepGraphs() const { return false; }
+  // Op calls between BeginStepCapture and EndStepCapture are recorded as graph `key` (replacing
+  // one of that key) instead of run. While recording, ops may read only spans staged into region
+  // `key` and constant arrays the backend has already seen in an eager step (attention head
+  // groups): stage, run the same shapes once eagerly, then capture. Nothing may be copied to or
+  // from the host.
+  virtual absl::Status BeginStepCapture(int64_t key) { return NoStepGraphs(); }
+  virtual absl::Status EndStepCapture(int64_t key) { return NoStepGraphs(); }
+  virtual bool HasStepGraph(int64_t key) const { return false; }
+  // Runs graph `key` on the values last staged into region `key`.
+  virtual absl::Status ReplayStepGraph(int64_t key) { return NoStepGraphs(); }
+  // Forgets every graph. A graph keeps reading and writing the device memory it was captured with
+  // (activations, KV cache, weights): a caller about to reallocate any of it drops the graphs
+  // first (the backend drops them itself when its own scratch grows). Keys are >= 0.
+  virtual void DropStepGraphs() {}
+
+ private:
+  absl::Status NoStepGraphs() const {
+    return absl::UnimplementedError(std::string(name()) + " ops have no step graphs");
+  }
 };
 
 }  // namespace kvfold

@@ -1,6 +1,7 @@
 #include "worker/llama_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -75,7 +76,10 @@ LlamaModel::LlamaModel(std::unique_ptr<WeightSource> weights, Ops& ops, Attentio
       local_(ShardConfig(weights_->config(), tp_)),
       local_plan_(ShardPlan(plan_, weights_->config(), tp_)),
       vocab_(VocabShard(weights_->config(), tp_)),
-      ws_(std::make_unique<Workspace>()) {}
+      ws_(std::make_unique<Workspace>()) {
+  static std::atomic<int32_t> next_model_id{0};
+  model_id_ = next_model_id++ % (1 << 20);  // step graph keys: one Ops may serve several models
+}
 
 LlamaModel::~LlamaModel() = default;
 
@@ -379,6 +383,11 @@ absl::Status LlamaModel::LoadWeights() {
 void LlamaModel::EnsureWorkspace(int64_t num_tokens, int64_t num_logits) {
   Workspace& w = *ws_;
   const ModelConfig& c = local_;  // this rank's heads and MLP columns
+  if ((num_tokens > w.num_tokens || num_logits > w.num_logits) && !warm_graphs_.empty()) {
+    // Step graphs read the buffers about to be replaced.
+    ops_.DropStepGraphs();
+    warm_graphs_.clear();
+  }
   if (num_tokens > w.num_tokens) {
     const int64_t q_dim = static_cast<int64_t>(c.num_heads) * c.head_dim;
     const int64_t kv_dim = static_cast<int64_t>(c.num_kv_heads) * c.head_dim;
@@ -455,11 +464,25 @@ absl::Status ValidateBatch(const ModelConfig& c, const ForwardBatch& b, const Kv
 absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache, float* logits) {
   KVFOLD_RETURN_IF_ERROR(ValidateBatch(config(), batch, cache, kv_shapes_));
   if (before_forward_) KVFOLD_RETURN_IF_ERROR(before_forward_(batch, cache));
+  KVFOLD_ASSIGN_OR_RETURN(const bool graphed, ForwardStepGraph(batch, cache, logits));
+  if (graphed) return absl::OkStatus();
   const int64_t n = static_cast<int64_t>(batch.token_ids.size());
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
   EnsureWorkspace(n, num_logits);
-  Workspace& w = *ws_;
+  const bool staged = graph_options_.stage_inputs || graph_options_.graphs;
+  if (staged) StageStep(batch, Ops::kEagerRegion);
   KeepProbabilitiesIfTheyFit(batch);
+  const absl::Status status = RunStep(batch, cache);
+  if (staged) ops_.EndStep();
+  KVFOLD_RETURN_IF_ERROR(status);
+  if (num_logits == 0) return absl::OkStatus();
+  return Logits(ws_->last.view().Rows(0, num_logits), logits);
+}
+
+absl::Status LlamaModel::RunStep(const ForwardBatch& batch, const KvCache& cache) {
+  const int64_t n = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
+  Workspace& w = *ws_;
   KVFOLD_RETURN_IF_ERROR(Embed(batch.token_ids, w.x.view().Rows(0, n)));
   for (int i = 0; i < config().num_layers; ++i) {
     KVFOLD_RETURN_IF_ERROR(ForwardLayer(i, batch, cache));
@@ -468,7 +491,81 @@ absl::Status LlamaModel::Forward(const ForwardBatch& batch, const KvCache& cache
   const TensorView last = w.last.view().Rows(0, num_logits);
   ops_.GatherRows(w.x.view().Rows(0, n), batch.logits_rows, last);
   ops_.RmsNorm(last, final_norm_.view(), static_cast<float>(config().rms_norm_eps), last);
-  return Logits(last, logits);
+  return absl::OkStatus();
+}
+
+void LlamaModel::StageStep(const ForwardBatch& batch, int64_t region) {
+  const size_t n = batch.token_ids.size();
+  const HostArray arrays[] = {HostArray::Of(batch.token_ids), HostArray::Of(batch.positions),
+                              HostArray::Of(batch.logits_rows),
+                              // drop layers' bias broadcast (DroppedAttention)
+                              HostArray::Of(absl::MakeConstSpan(ws_->zero_rows).first(n))};
+  ops_.StageStepInputs(arrays, &batch.attention, region);
+}
+
+absl::StatusOr<bool> LlamaModel::ForwardStepGraph(const ForwardBatch& batch, const KvCache& cache,
+                                                  float* logits) {
+  // Collectives (gloo through the host) cannot be captured; NCCL could be, later.
+  if (!graph_options_.graphs || !ops_.SupportsStepGraphs() || tp_.size != 1 ||
+      observer_ != nullptr || !IsDecodeStep(batch)) {
+    return false;
+  }
+  const AttentionBatch& a = batch.attention;
+  const int32_t rows = ChooseBatchBucket(graph_options_.batch_buckets, a.num_seqs());
+  const int32_t longest_table = std::min<int32_t>(
+      (config().MaxContext() + cache.block_size() - 1) / cache.block_size(), cache.num_blocks());
+  const int32_t width = ChooseTableWidth(a.max_blocks_per_seq, longest_table);
+  if (rows == 0 || width == 0 || rows >= kMaxStepGraphDim || width >= kMaxStepGraphDim) {
+    return false;
+  }
+  const int64_t key = StepGraphKey(model_id_, rows, width);
+  const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
+
+  // The graphs write into the cache they were captured with: another cache (other addresses)
+  // needs new ones.
+  bool same_cache = graph_cache_.size() == 2 * static_cast<size_t>(cache.num_layers());
+  for (int i = 0; same_cache && i < cache.num_layers(); ++i) {
+    same_cache = graph_cache_[2 * i] == cache.layer(i).k.data &&
+                 graph_cache_[2 * i + 1] == cache.layer(i).v.data;
+  }
+  if (!same_cache) {
+    if (!warm_graphs_.empty()) ops_.DropStepGraphs();
+    warm_graphs_.clear();
+    graph_cache_.clear();
+    for (int i = 0; i < cache.num_layers(); ++i) {
+      graph_cache_.push_back(cache.layer(i).k.data);
+      graph_cache_.push_back(cache.layer(i).v.data);
+    }
+  }
+  EnsureWorkspace(rows, rows);  // a grown workspace drops every graph (it reads the old one)
+  padded_.Pad(batch, rows, width);
+  const ForwardBatch padded = padded_.View();
+  StageStep(padded, key);
+  // Probabilities are kept per step only when they fit, with a per-step width: a graph always
+  // recomputes them in share layers instead (the same bits, ops.h).
+  ws_->probs_cols = 0;
+  absl::Status status;
+  if (ops_.HasStepGraph(key)) {
+    status = ops_.ReplayStepGraph(key);
+  } else if (warm_graphs_.insert(key).second) {
+    // First time: run eagerly, which sizes every scratch and caches the constant arguments the
+    // capture will read.
+    status = RunStep(padded, cache);
+  } else {
+    LOG(INFO) << "capturing a decode step graph: " << rows << " sequences, block tables " << width
+              << " wide";
+    status = ops_.BeginStepCapture(key);
+    if (status.ok()) {
+      const absl::Status run = RunStep(padded, cache);
+      status = ops_.EndStepCapture(key);
+      if (!run.ok()) status = run;
+    }
+    if (status.ok()) status = ops_.ReplayStepGraph(key);
+  }
+  ops_.EndStep();
+  KVFOLD_RETURN_IF_ERROR(status);
+  KVFOLD_RETURN_IF_ERROR(Logits(ws_->last.view().Rows(0, num_logits), logits));
+  return true;
 }
 
 absl::StatusOr<TensorView> LlamaModel::ForwardToDeviceLogits(const ForwardBatch& batch,

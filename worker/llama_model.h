@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -13,6 +14,7 @@
 #include "worker/forward_observer.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
+#include "worker/step_graph_batch.h"
 #include "worker/tensor_parallel.h"
 #include "worker/weight_source.h"
 
@@ -57,6 +59,13 @@ class LlamaModel {
   // tensor parallelism (the logits are gathered on the host there).
   absl::StatusOr<TensorView> ForwardToDeviceLogits(const ForwardBatch& batch, const KvCache& cache);
 
+  // Step staging and step graphs (worker/step_graph_batch.h; a backend without them ignores
+  // both). A graphed decode step runs eagerly the first time its shape (padded sequences, table
+  // width) is seen, is captured the second time and replayed from then on; its logits are the
+  // bits of the eager run of the same padded batch, and padding never changes a sequence's.
+  void set_step_graphs(StepGraphOptions options) { graph_options_ = std::move(options); }
+  const StepGraphOptions& step_graphs() const { return graph_options_; }
+
   // Sees every full layer's attention activations during Forward (calibration); null: none.
   // Under tensor parallelism it sees this rank's heads (q, k) and the reduced output.
   void set_observer(ForwardObserver* observer) { observer_ = observer; }
@@ -77,6 +86,14 @@ class LlamaModel {
              TensorParallel tp);
   absl::Status LoadWeights();
   void EnsureWorkspace(int64_t num_tokens, int64_t num_logits);
+  // Embedding, layers, then the logits rows gathered and normed into the workspace's `last`.
+  absl::Status RunStep(const ForwardBatch& batch, const KvCache& cache);
+  // The host arrays of `batch` that its op calls receive (Ops::StageStepInputs), and staging.
+  void StageStep(const ForwardBatch& batch, int64_t region);
+  // Forward of a decode step as a step graph; false (and nothing run) when the step has no graph
+  // shape (too many sequences, tensor parallelism, an observer, graphs off).
+  absl::StatusOr<bool> ForwardStepGraph(const ForwardBatch& batch, const KvCache& cache,
+                                        float* logits);
   // x = the tokens' embeddings (each rank looks up its vocabulary rows, then an all-reduce).
   absl::Status Embed(absl::Span<const int32_t> token_ids, TensorView x);
   // logits = lm_head(last) over the whole vocabulary (each rank its rows, then an all-gather);
@@ -125,6 +142,11 @@ class LlamaModel {
   ForwardObserver* observer_ = nullptr;
   BeforeForward before_forward_;
   std::function<absl::Status()> on_idle_;
+  StepGraphOptions graph_options_;
+  int32_t model_id_ = 0;  // this model's part of its step graph keys
+  PaddedDecodeBatch padded_;
+  std::set<int64_t> warm_graphs_;
+  std::vector<const void*> graph_cache_;  // per layer the K and V arrays the graphs write  // graph shapes run eagerly once (their caches are warm)
 };
 
 }  // namespace kvfold

@@ -139,6 +139,7 @@ class CpuOps final : public Ops {
     const bool bf16 = cache.v.dtype == DType::kBF16;
     for (int64_t r = 0; r < v.rows; ++r) {
       const int64_t slot = batch.slot_mapping[r];
+      if (slot < 0) continue;  // a padding row stores nothing
       if (cache.num_k_heads > 0) StoreCacheRow(k.f32() + r * k.cols, cache.k, slot, bf16);
       StoreCacheRow(v.f32() + r * v.cols, cache.v, slot, bf16);
     }

@@ -39,11 +39,8 @@ void CudaOps::WriteKv(const TensorView& k, const TensorView& v, const AttentionB
   if (num_rows == 0) return;
   const bool has_k = cache.num_k_heads > 0;
   Activate();
-  ArgPack pack;
-  const size_t slots = pack.Add(batch.slot_mapping);
-  const char* args = Upload(pack);
   LaunchWriteKv(has_k ? k.f32() : nullptr, has_k ? k.cols : 0, v.f32(), v.cols,
-                PackedAt<int64_t>(args, slots), num_rows, cache.v.dtype,
+                DeviceArray(batch.slot_mapping), num_rows, cache.v.dtype,
                 has_k ? cache.k.data : nullptr, cache.v.data, stream_);
 }
 
@@ -54,22 +51,33 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
   const AttentionHeadGroups groups =
       PrepareFoldedAttention(q, k_layer, v_layer, heads, batch, num_heads, out, probs);
   CHECK_LE(v_layer.head_dim, kMaxAttentionHeadDim) << "FoldedPagedAttention: head_dim";
-  const RowPlacement placement = PlaceRows(batch, out.rows);
   if (out.rows == 0) return;
   Activate();
-  ArgPack pack;
-  const size_t seq = pack.Add(absl::MakeConstSpan(placement.seq));
-  const size_t pos = pack.Add(absl::MakeConstSpan(placement.pos));
-  const size_t tables = pack.Add(batch.block_tables);
-  const size_t num_groups = pack.Add(absl::MakeConstSpan(groups.num_groups));
-  const size_t score = pack.Add(absl::MakeConstSpan(groups.score_head));
-  const size_t k_head = pack.Add(absl::MakeConstSpan(groups.k_head));
-  const size_t start = pack.Add(absl::MakeConstSpan(groups.member_start));
-  const size_t out_head = pack.Add(absl::MakeConstSpan(groups.member_out_head));
-  const size_t v_head = pack.Add(absl::MakeConstSpan(groups.member_v_head));
-  const char* args = Upload(pack);
-
   PagedAttentionParams params;
+  // Step staging (cuda_step_graph_ops.cc): a staged batch uploads nothing here.
+  if (!UseStagedAttentionArgs(batch, groups, params)) {
+    const RowPlacement placement = PlaceRows(batch, out.rows);
+    ArgPack pack;
+    const size_t seq = pack.Add(absl::MakeConstSpan(placement.seq));
+    const size_t pos = pack.Add(absl::MakeConstSpan(placement.pos));
+    const size_t tables = pack.Add(batch.block_tables);
+    const size_t num_groups = pack.Add(absl::MakeConstSpan(groups.num_groups));
+    const size_t score = pack.Add(absl::MakeConstSpan(groups.score_head));
+    const size_t k_head = pack.Add(absl::MakeConstSpan(groups.k_head));
+    const size_t start = pack.Add(absl::MakeConstSpan(groups.member_start));
+    const size_t out_head = pack.Add(absl::MakeConstSpan(groups.member_out_head));
+    const size_t v_head = pack.Add(absl::MakeConstSpan(groups.member_v_head));
+    const char* args = Upload(pack);
+    params.row_seq = PackedAt<int32_t>(args, seq);
+    params.row_pos = PackedAt<int32_t>(args, pos);
+    params.block_tables = PackedAt<int32_t>(args, tables);
+    params.num_groups = PackedAt<int32_t>(args, num_groups);
+    params.group_score = PackedAt<int32_t>(args, score);
+    params.group_k = PackedAt<int32_t>(args, k_head);
+    params.member_start = PackedAt<int32_t>(args, start);
+    params.member_out_head = PackedAt<int32_t>(args, out_head);
+    params.member_v_head = PackedAt<int32_t>(args, v_head);
+  }
   params.q = groups.reads_k ? q.f32() : nullptr;
   params.out = out.f32();
   params.k_cache = groups.reads_k ? k_layer.k.data : nullptr;
@@ -77,15 +85,6 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
   params.k_stride = groups.reads_k ? k_layer.k.cols : 0;
   params.v_stride = v_layer.v.cols;
   params.kv_dtype = v_layer.v.dtype;
-  params.row_seq = PackedAt<int32_t>(args, seq);
-  params.row_pos = PackedAt<int32_t>(args, pos);
-  params.block_tables = PackedAt<int32_t>(args, tables);
-  params.num_groups = PackedAt<int32_t>(args, num_groups);
-  params.group_score = PackedAt<int32_t>(args, score);
-  params.group_k = PackedAt<int32_t>(args, k_head);
-  params.member_start = PackedAt<int32_t>(args, start);
-  params.member_out_head = PackedAt<int32_t>(args, out_head);
-  params.member_v_head = PackedAt<int32_t>(args, v_head);
   params.per_seq_maps = groups.num_map_rows > 1;
   if (probs != nullptr) {
     params.probs = probs->p.f32();

@@ -45,7 +45,14 @@ void DcheckOnDevice(const void* ptr, std::string_view what) {
 }
 
 CudaOps::CudaOps(int device_ordinal, cudaStream_t stream, cublasHandle_t cublas)
-    : device_ordinal_(device_ordinal), stream_(stream), cublas_(cublas) {}
+    : device_ordinal_(device_ordinal), stream_(stream), cublas_(cublas) {
+  // A workspace of our own: cuBLAS then allocates nothing per call, which stream capture (step
+  // graphs) requires. 32 MiB is NVIDIA's recommendation for Hopper; it covers older GPUs too.
+  constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+  Activate();
+  KVFOLD_CUBLAS_CHECK(cublasSetWorkspace(
+      cublas_, cublas_workspace_.Reserve(kCublasWorkspaceBytes, stream_), kCublasWorkspaceBytes));
+}
 
 CudaOps::~CudaOps() {
   Activate();
@@ -58,6 +65,8 @@ void CudaOps::Activate() const { KVFOLD_CUDA_CHECK(cudaSetDevice(device_ordinal_
 
 const char* CudaOps::Upload(const ArgPack& pack) {
   if (pack.size() == 0) return nullptr;
+  CHECK(!graphs_.capturing()) << "an op uploads host arguments during a step graph capture: stage "
+                                 "them first (Ops::StageStepInputs)";
   char* base = static_cast<char*>(args_.Reserve(pack.size(), stream_));
   KVFOLD_CUDA_CHECK(
       cudaMemcpyAsync(base, pack.data(), pack.size(), cudaMemcpyHostToDevice, stream_));
@@ -66,6 +75,7 @@ const char* CudaOps::Upload(const ArgPack& pack) {
 
 Tensor CudaOps::Allocate(DType dtype, int64_t rows, int64_t cols) {
   CHECK(rows >= 0 && cols >= 0) << "Allocate: negative shape [" << rows << ", " << cols << "]";
+  CHECK(!graphs_.capturing()) << "Allocate during a step graph capture";
   Activate();
   TensorView view{nullptr, dtype, rows, cols};
   if (view.nbytes() == 0) return Tensor(view, &FreeDevice);
@@ -79,6 +89,7 @@ void CudaOps::CopyFromHost(const void* src, TensorView dst) {
   CheckData(dst, "CopyFromHost dst");
   if (dst.nbytes() == 0) return;
   CHECK(src != nullptr) << "CopyFromHost: null src";
+  CHECK(!graphs_.capturing()) << "CopyFromHost during a step graph capture";
   Activate();
   KVFOLD_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
   // `src` may be pinned memory, which the copy reads asynchronously: wait so the caller may
@@ -90,6 +101,7 @@ void CudaOps::CopyToHost(const TensorView& src, void* dst) {
   CheckData(src, "CopyToHost src");
   if (src.nbytes() == 0) return;
   CHECK(dst != nullptr) << "CopyToHost: null dst";
+  CHECK(!graphs_.capturing()) << "CopyToHost during a step graph capture";
   Activate();
   KVFOLD_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
   KVFOLD_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -109,10 +121,7 @@ void CudaOps::Embedding(absl::Span<const int32_t> token_ids, const TensorView& t
   DcheckOnDevice(table.data, "Embedding table");
   if (out.numel() == 0) return;
   Activate();
-  ArgPack pack;
-  const size_t ids = pack.Add(token_ids);
-  const char* args = Upload(pack);
-  LaunchEmbedding(PackedAt<int32_t>(args, ids), num_tokens, table.data, table.dtype, table.cols,
+  LaunchEmbedding(DeviceArray(token_ids), num_tokens, table.data, table.dtype, table.cols,
                   out.f32(), stream_);
 }
 
@@ -139,11 +148,7 @@ void CudaOps::Rope(TensorView x, int num_heads, int head_dim, absl::Span<const i
   }
   if (x.numel() == 0) return;
   Activate();
-  ArgPack pack;
-  const size_t pos = pack.Add(positions);
-  const char* args = Upload(pack);
-  LaunchRope(x.f32(), x.rows, num_heads, head_dim, PackedAt<int32_t>(args, pos), cos_sin.f32(),
-             stream_);
+  LaunchRope(x.f32(), x.rows, num_heads, head_dim, DeviceArray(positions), cos_sin.f32(), stream_);
 }
 
 void CudaOps::SiluMul(const TensorView& gate, const TensorView& up, TensorView out) {
@@ -170,10 +175,7 @@ void CudaOps::GatherRows(const TensorView& x, absl::Span<const int32_t> rows, Te
   }
   if (out.numel() == 0) return;
   Activate();
-  ArgPack pack;
-  const size_t offset = pack.Add(rows);
-  const char* args = Upload(pack);
-  LaunchGatherRows(x.data, PackedAt<int32_t>(args, offset), out.rows,
+  LaunchGatherRows(x.data, DeviceArray(rows), out.rows,
                    x.cols * static_cast<int64_t>(DTypeSize(x.dtype)), out.data, stream_);
 }
 

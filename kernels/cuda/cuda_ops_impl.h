@@ -3,8 +3,9 @@
 // FoldedPagedAttention) and matmul.cc (MatMul).
 //
 // Everything runs in order on one stream the object owns; CopyToHost is the only call that waits
-// for it. Host spans are uploaded per call into a grow-only device scratch (first version: one
-// pageable copy per op call; pinned staging or one upload per step would save latency).
+// for it. A host span staged for the step (StageStepInputs: one pinned copy per step,
+// step_staging.h) is read from its device copy; any other is uploaded per call into a grow-only
+// device scratch (one pageable copy per op call). Step graphs: step_graphs.h.
 #pragma once
 
 #include <cublas_v2.h>
@@ -12,8 +13,13 @@
 
 #include <string_view>
 
+#include "kernels/attention_heads.h"
 #include "kernels/cuda/arg_pack.h"
+#include "kernels/cuda/constant_staging.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/step_graphs.h"
+#include "kernels/cuda/step_staging.h"
 #include "kernels/ops.h"
 
 namespace kvfold::cuda {
@@ -50,6 +56,17 @@ class CudaOps final : public Ops {
   void Add(TensorView x, const TensorView& y) override;
   void GatherRows(const TensorView& x, absl::Span<const int32_t> rows, TensorView out) override;
 
+  // Step staging and graphs (cuda_step_graph_ops.cc).
+  void StageStepInputs(absl::Span<const HostArray> arrays, const AttentionBatch* attention,
+                       int64_t region) override;
+  void EndStep() override;
+  bool SupportsStepGraphs() const override { return true; }
+  absl::Status BeginStepCapture(int64_t key) override;
+  absl::Status EndStepCapture(int64_t key) override;
+  bool HasStepGraph(int64_t key) const override { return graphs_.Has(key); }
+  absl::Status ReplayStepGraph(int64_t key) override;
+  void DropStepGraphs() override;
+
  private:
   // Makes this object's device current on the calling thread.
   void Activate() const;
@@ -57,6 +74,20 @@ class CudaOps final : public Ops {
   // so cudaMemcpyAsync has staged it when it returns and `pack` may die at once; the scratch is
   // rewritten by the next call only after this call's kernels, by stream order.
   const char* Upload(const ArgPack& pack);
+  // The device copy of `host`: its staged copy when StageStepInputs staged it, else uploaded.
+  template <typename T>
+  const T* DeviceArray(absl::Span<const T> host) {
+    if (const T* staged = staging_.Find(host)) return staged;
+    ArgPack pack;
+    const size_t offset = pack.Add(host);
+    return PackedAt<T>(Upload(pack), offset);
+  }
+  // Fills `params`' row placement, block tables and head groups from the staged step (the groups
+  // through the constant cache) and returns true; false when `batch` was not staged.
+  bool UseStagedAttentionArgs(const AttentionBatch& batch, const AttentionHeadGroups& groups,
+                              PagedAttentionParams& params);
+  // Reserves a matmul scratch; a grown (moved) buffer drops the step graphs that read the old one.
+  void* ReserveScratch(DeviceBuffer& buffer, size_t bytes);
 
   int device_ordinal_;
   cudaStream_t stream_;
@@ -64,6 +95,10 @@ class CudaOps final : public Ops {
   DeviceBuffer args_;
   DeviceBuffer matmul_input_;
   DeviceBuffer matmul_output_;
+  DeviceBuffer cublas_workspace_;  // cuBLAS allocates nothing itself, so GEMMs can be captured
+  StepStaging staging_;
+  ConstantStaging constants_;
+  StepGraphs graphs_;
 };
 
 // Shape and dtype checks shared by the method files. Each CHECK-fails naming `what`.

@@ -16,6 +16,11 @@ DeviceBuffer::~DeviceBuffer() {
 
 void* DeviceBuffer::Reserve(size_t bytes, cudaStream_t stream) {
   if (bytes <= capacity_) return data_;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  KVFOLD_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  CHECK(capture == cudaStreamCaptureStatusNone)
+      << "a device scratch buffer must grow during a step graph capture (run the same shapes "
+         "eagerly before capturing)";
   // Doubling keeps regrowth (and its stream sync) rare when batches grow step by step.
   const size_t capacity = std::max(bytes, 2 * capacity_);
   if (data_ != nullptr) {

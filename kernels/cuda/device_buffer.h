@@ -16,7 +16,10 @@ class DeviceBuffer {
 
   // At least `bytes` bytes (256-byte aligned, contents unspecified). Growing first waits for
   // `stream`: work queued on it may still read the old allocation.
+  // CHECK-fails when it would grow while `stream` is being captured (a step graph: growing
+  // synchronises and frees memory the graph would read).
   void* Reserve(size_t bytes, cudaStream_t stream);
+  void* data() const { return data_; }
 
  private:
   void* data_ = nullptr;

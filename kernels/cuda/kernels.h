@@ -32,7 +32,7 @@ void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const
                 const float* table, cudaStream_t stream);
 // Copies row i of k (k_width floats; skipped when k_cache is null) and v (v_width floats) to row
 // slots[i] of k_cache and v_cache, whose elements are `cache_dtype` (F32, or BF16 rounded to
-// nearest even).
+// nearest even). Rows with a negative slot (padding) are skipped.
 void LaunchWriteKv(const float* k, int64_t k_width, const float* v, int64_t v_width,
                    const int64_t* slots, int64_t num_rows, DType cache_dtype, void* k_cache,
                    void* v_cache, cudaStream_t stream);

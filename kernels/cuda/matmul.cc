@@ -72,9 +72,9 @@ void CudaOps::MatMul(const TensorView& x, const TensorView& w, const TensorView*
     const int64_t num_chunks = (rows + kRowChunk - 1) / kRowChunk;
     const int64_t padded = num_chunks * kRowChunk;
     char* in = static_cast<char*>(
-        matmul_input_.Reserve(static_cast<size_t>(padded * k) * DTypeSize(in_dtype), stream_));
+        ReserveScratch(matmul_input_, static_cast<size_t>(padded * k) * DTypeSize(in_dtype)));
     auto* result = static_cast<float*>(
-        matmul_output_.Reserve(static_cast<size_t>(padded * m) * sizeof(float), stream_));
+        ReserveScratch(matmul_output_, static_cast<size_t>(padded * m) * sizeof(float)));
     LaunchConvertPadRows(x.f32() + begin * k, rows, padded, k, in_dtype, in, stream_);
     for (int64_t c = 0; c < num_chunks; ++c) {
       // Column-major view: resultᵀ [m, kRowChunk] = w [k, m]ᵀ · inᵀ [k, kRowChunk].

@@ -40,6 +40,7 @@ __global__ void WriteKvKernel(const float* k, int64_t k_width, const float* v, i
                               const int64_t* slots, T* k_cache, T* v_cache) {
   const int64_t row = blockIdx.x;
   const int64_t slot = slots[row];
+  if (slot < 0) return;  // a padding row of a step graph's batch stores nothing
   if (k_cache != nullptr) {
     for (int64_t c = threadIdx.x; c < k_width; c += blockDim.x) {
       StoreAs(k[row * k_width + c], k_cache + slot * k_width + c);
