@@ -27,27 +27,28 @@ absl::StatusOr<GpuMemoryPlan> PlanGpuMemory(const GpuMemoryPlanInput& in) {
         absl::StrFormat("--gpu-memory-utilization %g is outside (0, 1]", in.utilization));
   }
   if (in.bytes_per_block <= 0 || in.min_blocks < 1 || in.weight_bytes < 0 ||
-      in.activation_bytes < 0 || in.kv_cache_bytes < 0) {
+      in.activation_bytes < 0 || in.kv_cache_bytes < 0 || in.headroom_bytes < 0) {
     return absl::InvalidArgumentError("GPU memory plan: negative sizes or an empty KV block");
   }
   GpuMemoryPlan plan;
   const int64_t in_use = in.total_bytes - in.free_bytes;
   plan.other_bytes = std::max<int64_t>(0, in_use - in.weight_bytes - in.activation_bytes);
   const int64_t needed = int64_t{in.min_blocks} * in.bytes_per_block;
+  const int64_t usable = std::max<int64_t>(0, in.free_bytes - in.headroom_bytes);
   int64_t kv = 0;
   if (in.kv_cache_bytes > 0) {
-    if (in.kv_cache_bytes > in.free_bytes) {
+    if (in.kv_cache_bytes > usable) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "--kv-cache-memory %s is more than the %s free on the device after the weights (%s) "
           "and activations (%s)",
-          FormatBytes(in.kv_cache_bytes), FormatBytes(in.free_bytes), FormatBytes(in.weight_bytes),
+          FormatBytes(in.kv_cache_bytes), FormatBytes(usable), FormatBytes(in.weight_bytes),
           FormatBytes(in.activation_bytes)));
     }
     kv = in.kv_cache_bytes;
   } else {
     const int64_t budget =
         static_cast<int64_t>(std::floor(in.utilization * static_cast<double>(in.total_bytes)));
-    kv = std::min(budget - in_use, in.free_bytes);
+    kv = std::min(budget - in_use, usable);
     if (kv < needed) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "GPU memory: %g of %s is %s; weights %s, activations %s and %s else in use leave %s "

@@ -23,6 +23,8 @@ struct GpuMemoryPlanInput {
   int64_t kv_cache_bytes = 0;    // > 0: an explicit --kv-cache-memory, instead of utilization
   int64_t bytes_per_block = 0;   // one KV block, every layer
   int32_t min_blocks = 1;        // one sequence at max_model_len
+  // Kept free whatever the utilization: cudaMalloc rounds each of the pool's per-layer arrays up.
+  int64_t headroom_bytes = 0;
 };
 
 struct GpuMemoryPlan {

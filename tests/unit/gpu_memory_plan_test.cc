@@ -61,6 +61,10 @@ TEST(GpuMemoryPlanTest, NeverMoreThanIsFree) {
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_LE(plan->kv_pool_bytes, in.free_bytes);
   EXPECT_EQ(plan->num_blocks, (76 * 1024 + 512) / 2);
+  in.headroom_bytes = 64 * kMiB;  // kept free even at utilization 1
+  plan = PlanGpuMemory(in);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->num_blocks, (76 * 1024 + 512 - 64) / 2);
 }
 
 TEST(GpuMemoryPlanTest, ExplicitKvCacheMemoryOverridesUtilization) {
