@@ -1,9 +1,16 @@
-// The GPU memory plan's arithmetic (worker/gpu_memory_plan.h), with device numbers written out:
-// no GPU needed.
+// The GPU memory plan's arithmetic (worker/gpu_memory_plan.h), with device numbers written out,
+// and the profiling step it measures run on the CPU backend (the same batch validation and model
+// code as on a GPU): no GPU needed.
 #include "worker/gpu_memory_plan.h"
+
+#include <tuple>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "server/cli/gpu_memory_setup.h"
+#include "tests/testing/model_fixtures.h"
+#include "tests/testing/paths.h"
 
 namespace kvfold {
 namespace {
@@ -124,6 +131,32 @@ TEST(GpuMemoryPlanTest, FormatsBytes) {
   EXPECT_EQ(FormatBytes(512), "512 B");
   EXPECT_EQ(FormatBytes(3 * kMiB / 2), "1.50 MiB");
   EXPECT_EQ(FormatBytes(80 * kGiB), "80.00 GiB");
+}
+
+// The largest step the scheduler can make is a valid batch for the model: every batched token, as
+// tails of sequences at max_model_len, every row asking for logits.
+TEST(ProfilingForwardTest, RunsTheLargestStepOnStories260K) {
+  absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(1);
+  ASSERT_TRUE(ops.ok()) << ops.status();
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model =
+      testing::LoadModel(testing::StoriesPath(), **ops);
+  ASSERT_TRUE(model.ok()) << model.status();
+  // (max_num_batched_tokens, max_num_seqs, max_model_len, block_size)
+  for (const auto& [tokens, seqs, len, block] :
+       {std::tuple{2048, 256, 512, 16}, std::tuple{250, 256, 100, 16}, std::tuple{64, 2, 24, 16},
+        std::tuple{1, 1, 512, 16}, std::tuple{300, 8, 77, 32}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << tokens << " tokens, " << seqs << " seqs, len " << len << ", block " << block);
+    SchedulerConfig s;
+    s.max_num_batched_tokens = tokens;
+    s.max_num_seqs = seqs;
+    s.max_model_len = len;
+    CacheConfig c;
+    c.block_size = block;
+    c.kv_dtype = DType::kBF16;
+    const absl::Status status = cli::RunProfilingForward(**model, **ops, s, c);
+    EXPECT_TRUE(status.ok()) << status;
+  }
 }
 
 }  // namespace
