@@ -149,6 +149,7 @@ package_cli() {
     echo
     echo "kvfold.tar.xz: kvfold $(stat -c %s "$stage/kvfold") bytes, unpacked $(du -sb "$stage" |
       cut -f1) bytes, packed $(stat -c %s "$suite/kvfold.tar.xz"); its libraries beyond lib/: ${extra[*]}"
+    echo "total with kvfold.tar.xz: $(du -sb "$suite" | cut -f1) bytes"
   } >>"$suite/MANIFEST.txt"
   rm -rf "$stage"
 }

@@ -66,7 +66,8 @@ def main():
     if cli.exists():
         print("kvfold CLI on the GPU:")
         for c in json.loads(cli.read_text()):
-            print(f"  {'PASS' if c['passed'] else 'FAIL'} {c['check']}: {c['detail']}")
+            verdict = "SKIP" if c.get("skipped") else "PASS" if c["passed"] else "FAIL"
+            print(f"  {verdict} {c['check']}: {c['detail']}")
     else:
         print(f"kvfold CLI: no checks (exit {exits.get('kvfold_cli_checks', 'not run')})")
 
