@@ -5,14 +5,20 @@
 #       configures a GPU-only build (-DKVFOLD_GPU_SUITE=ON: kernels, worker, GPU tests, GPU
 #       benchmarks; no server, no gRPC), builds it for sm_80 and sm_90a, and copies the stripped
 #       binaries plus every shared library they need that the device machine lacks into
-#       .gpu-suite/ (ignored by git), with MANIFEST.txt.
+#       .gpu-suite/ (ignored by git), with MANIFEST.txt. Then builds the full `kvfold` binary with
+#       CUDA (build-cuda/, gRPC and all) and packs it with the shared libraries the suite does not
+#       already carry into .gpu-suite/kvfold.tar.xz (about 16 MB: unpacked, ICU's data and gRPC
+#       would take the suite past the 64 MiB the device tool carries). KVFOLD_PACKAGE_CLI=0 skips it.
 #   bash bench/gpu/run.sh run       on the device machine (CUDA toolkit, PyTorch; none of Abseil,
 #       glog, gtest): runs nvidia-smi, every GPU test binary (--gtest_output=json), the GPU decode
-#       benchmark and, when transformers imports, bench/gpu/hf_generate_bench.py; prints a table
+#       benchmark, the `kvfold` binary's checks (bench/gpu/cli_checks.py: generate --device cuda
+#       against --device cpu, a serve --device cuda completion) and, when transformers imports,
+#       bench/gpu/hf_generate_bench.py; prints a table
 #       last. Results go to $OUT when set (the device tool brings that folder back), else to
 #       .gpu-suite/results. Without a GPU every test skips and the run still exits 0.
 #
 # Environment: KVFOLD_GPU_SUITE_DIR (default .gpu-suite), KVFOLD_GPU_BUILD_DIR (build-gpu-suite),
+# KVFOLD_CLI_BUILD_DIR (build-cuda), KVFOLD_PACKAGE_CLI=0 (package no kvfold binary),
 # KVFOLD_JOBS (build jobs, default 2), KVFOLD_GGUF (SmolLM2 GGUF for the benchmark when present),
 # KVFOLD_BENCH_ARGS (extra benchmark flags), KVFOLD_SKIP_HF=1 (skip the transformers comparison).
 set -uo pipefail
@@ -20,6 +26,7 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 suite=${KVFOLD_GPU_SUITE_DIR:-.gpu-suite}
 build=${KVFOLD_GPU_BUILD_DIR:-build-gpu-suite}
+cli_build=${KVFOLD_CLI_BUILD_DIR:-build-cuda}
 
 # Libraries the device machine provides itself: the C runtime, the driver, and the CUDA
 # toolkit's large libraries (cuBLAS/cuBLASLt are ~600 MB, NCCL ~220 MB: far over what travels).
@@ -106,6 +113,9 @@ package() {
       objdump -T "$b" 2>/dev/null | grep -o 'GLIBCXX_[0-9.]*'; done | sort -uV | tail -1)"
     echo "total: $(du -sb "$suite" | cut -f1) bytes"
   } >>"$manifest"
+  if [[ ${KVFOLD_PACKAGE_CLI:-1} != 0 ]]; then
+    package_cli "${launcher[@]}"
+  fi
   cat "$manifest"
   local bytes
   bytes=$(du -sb "$suite" | cut -f1)
@@ -113,6 +123,35 @@ package() {
     echo "run.sh package: $suite is $bytes bytes, over the 60 MiB this suite allows itself" >&2
     exit 1
   fi
+}
+
+# The full `kvfold` binary (CUDA on) and the libraries it needs beyond lib/, xz-packed: ICU's data
+# (30 MB) and gRPC do not fit the carry limit unpacked. Arguments: the compiler launcher flags.
+package_cli() {
+  cmake -S . -B "$cli_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVFOLD_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="80;90a" "$@"
+  nice cmake --build "$cli_build" -j "${KVFOLD_JOBS:-2}" --target kvfold
+  local stage
+  stage=$(mktemp -d)
+  mkdir -p "$stage/lib"
+  cp "$cli_build/kvfold" "$stage/"
+  strip --strip-unneeded "$stage/kvfold"
+  local extra=()
+  while read -r name path; do
+    if system_lib "$name" || device_lib "$name" || compat_lib "$name"; then continue; fi
+    [[ -e $suite/lib/$name ]] && continue
+    cp -L "$path" "$stage/lib/$name"
+    strip --strip-unneeded "$stage/lib/$name" 2>/dev/null || true
+    extra+=("$name")
+  done < <(ldd "$cli_build/kvfold" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}')
+  tar -C "$stage" -cJf "$suite/kvfold.tar.xz" .
+  {
+    echo
+    echo "kvfold.tar.xz: kvfold $(stat -c %s "$stage/kvfold") bytes, unpacked $(du -sb "$stage" |
+      cut -f1) bytes, packed $(stat -c %s "$suite/kvfold.tar.xz"); its libraries beyond lib/: ${extra[*]}"
+    echo "total with kvfold.tar.xz: $(du -sb "$suite" | cut -f1) bytes"
+  } >>"$suite/MANIFEST.txt"
+  rm -rf "$stage"
 }
 
 # Folders holding the libraries the device provides (cuBLAS, NCCL): the toolkit's, then the
@@ -188,6 +227,23 @@ run() {
   ((bench_rc != 0)) && status=1
 
   "$suite/bin/kvfold_gpu_sampling_bench" 2>&1 | tee "$json_dir/sampling_bench.txt" | tee -a "$log"
+
+  if [[ -f $suite/kvfold.tar.xz ]]; then
+    echo "== kvfold CLI (bench/gpu/cli_checks.py)" | tee -a "$log"
+    local cli_dir
+    cli_dir=$(mktemp -d)
+    # Python unpacks it: the device image may lack the xz tool.
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$suite/kvfold.tar.xz" "$cli_dir"
+    LD_LIBRARY_PATH="$cli_dir/lib:$LD_LIBRARY_PATH" python3 bench/gpu/cli_checks.py \
+      "$cli_dir/kvfold" "$root/models/stories260K" "$json_dir" 2>&1 | tee -a "$log"
+    local cli_rc=${PIPESTATUS[0]}
+    echo "kvfold_cli_checks exit $cli_rc" >>"$json_dir/exit_codes.txt"
+    ((cli_rc != 0)) && status=1
+    rm -rf "$cli_dir"
+  else
+    echo "== kvfold CLI: not packaged (KVFOLD_PACKAGE_CLI=0)" | tee -a "$log"
+  fi
 
   if [[ ${KVFOLD_SKIP_HF:-0} != 1 ]] && nvidia-smi >/dev/null 2>&1 &&
     python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then

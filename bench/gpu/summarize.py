@@ -61,6 +61,16 @@ def main():
         print(f"decode bench: no rows ({line[0] if line else 'no output'}; exit "
               f"{exits.get('kvfold_gpu_decode_bench', '?')})")
 
+    cli = results / "cli_checks.json"
+    print()
+    if cli.exists():
+        print("kvfold CLI on the GPU:")
+        for c in json.loads(cli.read_text()):
+            verdict = "SKIP" if c.get("skipped") else "PASS" if c["passed"] else "FAIL"
+            print(f"  {verdict} {c['check']}: {c['detail']}")
+    else:
+        print(f"kvfold CLI: no checks (exit {exits.get('kvfold_cli_checks', 'not run')})")
+
     hf = results / "hf_generate.txt"
     if hf.exists():
         rows = [l for l in hf.read_text().splitlines() if l.startswith("HF ")]

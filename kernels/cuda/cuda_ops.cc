@@ -191,6 +191,18 @@ bool CudaDeviceAvailable() {
   return count > 0;
 }
 
+absl::StatusOr<CudaMemoryInfo> QueryCudaMemory(int device_ordinal) {
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaError_t e = cudaSetDevice(device_ordinal);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();  // frees queued behind work count as used
+  if (e == cudaSuccess) e = cudaMemGetInfo(&free_bytes, &total_bytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::UnavailableError(std::string("cudaMemGetInfo: ") + cudaGetErrorString(e));
+  }
+  return CudaMemoryInfo{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+}
+
 absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device_ordinal) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);

@@ -9,6 +9,7 @@
 // An Ops object is driven by one thread at a time; its work is queued in order on its own stream.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -22,5 +23,12 @@ bool CudaDeviceAvailable();
 // Ops on device `device_ordinal`, running in order on one stream the ops object owns. Fails when
 // the runtime sees no device or the ordinal is out of range.
 absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device_ordinal = 0);
+
+// Free and total memory of device `device_ordinal` (cudaMemGetInfo), for the GPU memory plan.
+struct CudaMemoryInfo {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+absl::StatusOr<CudaMemoryInfo> QueryCudaMemory(int device_ordinal = 0);
 
 }  // namespace kvfold

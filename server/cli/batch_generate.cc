@@ -21,6 +21,7 @@
 #include "server/cli/attention_plan_setup.h"
 #include "server/cli/common_flags.h"
 #include "server/cli/engine_flags.h"
+#include "server/cli/gpu_memory_setup.h"
 #include "server/cli/prompts_file.h"
 #include "server/serving/serving_engine.h"
 
@@ -175,16 +176,18 @@ void PrintSummary(const std::vector<Entry>& entries, const serving::PoolInfo& po
 
 }  // namespace
 
-int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, const std::string& path,
-                   const LineDefaults& defaults) {
+int RunPromptsFile(LoadedModel& loaded, const std::string& path, const LineDefaults& defaults) {
   auto fail = [](const absl::Status& s) {
     std::cerr << "kvfold generate: " << s.message() << "\n";
     return 1;
   };
-  absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
-  if (!cache.ok()) return fail(cache.status());
+  LlamaModel& model = *loaded.model;
+  Ops& ops = *loaded.ops;
+  const Tokenizer& tokenizer = *loaded.tokenizer;
   absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model.config());
   if (!scheduler.ok()) return fail(scheduler.status());
+  absl::StatusOr<CacheConfig> cache = EngineCacheConfig(loaded, *scheduler);
+  if (!cache.ok()) return fail(cache.status());
   std::vector<std::string> lines;
   absl::StatusOr<std::vector<Entry>> read = ReadEntries(path, lines);
   if (!read.ok()) return fail(read.status());

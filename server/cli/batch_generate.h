@@ -7,6 +7,7 @@
 
 #include "kernels/ops.h"
 #include "scheduler/request.h"
+#include "server/cli/model_setup.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
 
@@ -21,7 +22,6 @@ struct LineDefaults {
 // Runs the file; returns the process exit code: 0 when the file ran (lines may still have
 // failed, each with its own error object), 1 when it could not run (unreadable file, KV pool too
 // small, bad engine flags), with the reason on stderr.
-int RunPromptsFile(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, const std::string& path,
-                   const LineDefaults& defaults);
+int RunPromptsFile(LoadedModel& loaded, const std::string& path, const LineDefaults& defaults);
 
 }  // namespace kvfold::cli

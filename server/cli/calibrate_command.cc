@@ -217,6 +217,13 @@ int RunCalibrate(const std::vector<std::string>& positional) {
     std::cerr << "kvfold calibrate: unexpected argument '" << positional[0] << "'\n";
     return 2;
   }
+  // Calibration's attention statistics read the model's activations on the host.
+  if (absl::GetFlag(FLAGS_device) != "cpu") {
+    std::cerr << "kvfold calibrate: --device " << absl::GetFlag(FLAGS_device)
+              << ": calibrate runs on the CPU only (its attention statistics read activations on "
+                 "the host); the plan it writes serves on any device\n";
+    return 2;
+  }
   const std::string data = absl::GetFlag(FLAGS_data), out = absl::GetFlag(FLAGS_out);
   if (data.empty() || out.empty()) {
     std::cerr << "kvfold calibrate: --data FILE and --out PLAN.json are required\n";

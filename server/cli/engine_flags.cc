@@ -3,8 +3,9 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
 
-ABSL_FLAG(std::string, kv_cache_memory, "512MiB",
-          "KV cache budget, all layers (bytes; 512MiB, 2GiB and 1e9 are accepted). Under tensor "
+ABSL_FLAG(std::string, kv_cache_memory, "",
+          "KV cache budget, all layers (bytes; 512MiB, 2GiB and 1e9 are accepted; empty: 512MiB "
+          "on CPU, what --gpu-memory-utilization leaves on a GPU). Under tensor "
           "parallelism it is each rank's budget for its own KV heads (like vLLM's per-GPU "
           "memory), so N ranks hold N times the bytes and the blocks count at a rank's bytes "
           "per token");
@@ -13,13 +14,18 @@ ABSL_FLAG(int, block_size, 16, "Tokens per KV cache block");
 ABSL_FLAG(int, max_num_seqs, 256, "Most sequences in one engine step");
 ABSL_FLAG(int, max_num_batched_tokens, 2048,
           "Most tokens in one engine step (longer prompts are prefilled in chunks)");
+ABSL_FLAG(double, gpu_memory_utilization, 0.9,
+          "With --device cuda: the fraction of the GPU's memory kvfold may use (weights, "
+          "activations and the KV pool, which gets the rest); ignored when --kv-cache-memory is "
+          "given");
 ABSL_FLAG(int, max_model_len, 0, "Most tokens per sequence, prompt and output (0: the model's)");
 
 namespace kvfold::cli {
 
 absl::StatusOr<CacheConfig> CacheConfigFromFlags() {
   CacheConfig c;
-  absl::StatusOr<int64_t> bytes = ParseByteSize(absl::GetFlag(FLAGS_kv_cache_memory));
+  const std::string memory = absl::GetFlag(FLAGS_kv_cache_memory);
+  absl::StatusOr<int64_t> bytes = memory.empty() ? c.memory_bytes : ParseByteSize(memory);
   if (!bytes.ok()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("--kv-cache-memory: %s", bytes.status().message()));
@@ -32,6 +38,8 @@ absl::StatusOr<CacheConfig> CacheConfigFromFlags() {
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
 }
+
+bool KvCacheMemoryGiven() { return !absl::GetFlag(FLAGS_kv_cache_memory).empty(); }
 
 absl::StatusOr<SchedulerConfig> SchedulerConfigFromFlags(const ModelConfig& model) {
   SchedulerConfig c;

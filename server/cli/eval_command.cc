@@ -16,11 +16,11 @@
 #include "absl/flags/internal/parse.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "nlohmann/json.hpp"
 #include "server/cli/attention_plan_setup.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
+#include "server/cli/device_setup.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/text_data.h"
 #include "server/tokenizer/tokenizer.h"
@@ -102,7 +102,9 @@ absl::Status Eval(const std::string& model_path, const std::string& data_path, i
   absl::StatusOr<std::string> text = ReadDataText(data_path);
   if (!text.ok()) return text.status();
 
-  absl::StatusOr<std::unique_ptr<Ops>> created = CreateCpuOps(absl::GetFlag(FLAGS_threads));
+  absl::StatusOr<Device> device = DeviceFromFlags();
+  if (!device.ok()) return device.status();
+  absl::StatusOr<std::unique_ptr<Ops>> created = CreateOps(*device, absl::GetFlag(FLAGS_threads));
   if (!created.ok()) return created.status();  // a bad KVFOLD_ISA: an error, not a CHECK failure
   std::unique_ptr<Ops> ops = *std::move(created);
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LoadEvalModel(model_path, *ops);

@@ -12,8 +12,10 @@
 #include "server/cli/batch_generate.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
+#include "server/cli/device_setup.h"
 #include "server/cli/engine_flags.h"
 #include "server/cli/model_setup.h"
+#include "server/cli/tensor_parallel_flags.h"
 #include "server/cli/tensor_parallel_launch.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
@@ -140,6 +142,17 @@ int RunGenerate(const std::vector<std::string>& positional) {
     std::cerr << "kvfold generate: " << kv_dtype.status().message() << "\n";
     return 2;
   }
+  absl::StatusOr<Device> device = DeviceFromFlags();
+  if (!device.ok()) {
+    std::cerr << "kvfold generate: " << device.status().message() << "\n";
+    return 2;
+  }
+  if (absl::Status s = CheckTensorParallelDevice(*device, absl::GetFlag(FLAGS_tensor_parallel_size),
+                                                 absl::GetFlag(FLAGS_nnodes));
+      !s.ok()) {
+    std::cerr << "kvfold generate: " << s.message() << "\n";
+    return 2;
+  }
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty() && absl::GetFlag(FLAGS_tp_rank) == 0) path = DefaultModelPath();
   // Followers load the same model and plan with the same threads; they take the rest (batches,
@@ -153,7 +166,7 @@ int RunGenerate(const std::vector<std::string>& positional) {
     return 1;
   }
   const TensorParallel tp = (*group)->place();
-  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp);
+  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp, *device);
   if (!loaded.ok()) {
     std::cerr << "kvfold generate"
               << (tp.rank > 0 ? " (tensor-parallel rank " + std::to_string(tp.rank) + ")" : "")
@@ -180,7 +193,7 @@ int RunGenerate(const std::vector<std::string>& positional) {
   int code = 0;
   if (!prompts_file.empty()) {
     const LineDefaults defaults{max_tokens, sampling};
-    code = RunPromptsFile(*loaded->model, *loaded->ops, *loaded->tokenizer, prompts_file, defaults);
+    code = RunPromptsFile(*loaded, prompts_file, defaults);
   } else if (absl::Status s =
                  Generate(*loaded, absl::GetFlag(FLAGS_prompt), max_tokens, sampling, *kv_dtype);
              !s.ok()) {

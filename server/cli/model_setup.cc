@@ -2,17 +2,23 @@
 
 #include <utility>
 
-#include "kernels/cpu/cpu_ops.h"
 #include "server/cli/attention_plan_setup.h"
 #include "worker/model_loader.h"
+#include "worker/status_macros.h"
 
 namespace kvfold::cli {
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp,
+                                      Device device) {
   LoadedModel l;
-  absl::StatusOr<std::unique_ptr<Ops>> ops = CreateCpuOps(threads);  // a bad KVFOLD_ISA: error
-  if (!ops.ok()) return ops.status();
-  l.ops = *std::move(ops);
+  l.device = device;
+  l.cuda_ordinal = tp.rank;
+  KVFOLD_ASSIGN_OR_RETURN(l.ops, CreateOps(device, threads, l.cuda_ordinal));
+  int64_t free_before = 0;
+  if (device == Device::kCuda) {
+    KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
+    free_before = m.free_bytes;
+  }
   absl::StatusOr<std::unique_ptr<WeightSource>> weights = OpenWeights(path);
   if (!weights.ok()) return weights.status();
   absl::StatusOr<AttentionPlan> plan = AttentionPlanFromFlags(**weights);
@@ -21,6 +27,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, Tens
       LlamaModel::Load(*std::move(weights), *l.ops, *std::move(plan), tp);
   if (!model.ok()) return model.status();
   l.model = *std::move(model);
+  if (device == Device::kCuda) {
+    KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
+    l.weight_bytes = free_before - m.free_bytes;
+  }
   if (tp.rank != 0) return l;
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromFile(path);
   if (!tok.ok()) return tok.status();

@@ -1,5 +1,5 @@
-// Loading the model every model-running command serves (generate, serve): the CPU ops, the
-// weights under --attention-plan, and the tokenizer.
+// Loading the model every model-running command serves (generate, serve): the ops of --device,
+// the weights under --attention-plan (uploaded to a GPU's memory), and the tokenizer.
 #pragma once
 
 #include <memory>
@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
+#include "server/cli/device_setup.h"
 #include "server/tokenizer/tokenizer.h"
 #include "worker/llama_model.h"
 #include "worker/tensor_parallel.h"
@@ -17,11 +18,15 @@ struct LoadedModel {
   std::unique_ptr<Ops> ops;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
+  Device device = Device::kCpu;
+  int cuda_ordinal = 0;
+  int64_t weight_bytes = 0;  // on a GPU: the device memory the weights took
 };
 
 // `path` is a model folder or a GGUF file; `threads` sizes the CPU backend (0: all cores). Under
 // tensor parallelism the model is this rank's shard, and only the leader (rank 0) loads the
-// tokenizer: a follower only runs the leader's steps.
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp = {});
+// tokenizer: a follower only runs the leader's steps. On CUDA, rank r uses device r.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp = {},
+                                      Device device = Device::kCpu);
 
 }  // namespace kvfold::cli

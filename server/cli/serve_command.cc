@@ -26,8 +26,11 @@
 #include "server/cli/attention_plan_setup.h"
 #include "server/cli/command.h"
 #include "server/cli/common_flags.h"
+#include "server/cli/device_setup.h"
 #include "server/cli/engine_flags.h"
+#include "server/cli/gpu_memory_setup.h"
 #include "server/cli/model_setup.h"
+#include "server/cli/tensor_parallel_flags.h"
 #include "server/cli/tensor_parallel_launch.h"
 #include "server/grpc/grpc_front_end.h"
 #include "server/http/http_server.h"
@@ -134,6 +137,13 @@ int RunServe(const std::vector<std::string>& positional) {
   sigaddset(&signals, SIGUSR1);  // the tensor-parallel group failed (raised by this process)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  absl::StatusOr<Device> device = DeviceFromFlags();
+  if (!device.ok()) return Fail(device.status(), 2);
+  if (absl::Status s = CheckTensorParallelDevice(*device, absl::GetFlag(FLAGS_tensor_parallel_size),
+                                                 absl::GetFlag(FLAGS_nnodes));
+      !s.ok()) {
+    return Fail(s, 2);
+  }
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty() && absl::GetFlag(FLAGS_tp_rank) == 0) path = DefaultModelPath();
   // Followers load the same model and plan with the same threads and run the leader's steps.
@@ -143,7 +153,7 @@ int RunServe(const std::vector<std::string>& positional) {
        "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
   if (!group.ok()) return Fail(group.status());
   const TensorParallel tp = (*group)->place();
-  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp);
+  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp, *device);
   if (!loaded.ok()) return Fail(loaded.status());
   LlamaModel& model = *loaded->model;
   if (tp.rank > 0) {
@@ -163,10 +173,14 @@ int RunServe(const std::vector<std::string>& positional) {
     model.set_on_idle([&steps] { return steps.Keepalive(); });
   }
 
-  absl::StatusOr<CacheConfig> cache = CacheConfigFromFlags();
-  if (!cache.ok()) return Fail(cache.status(), 2);
+  if (absl::StatusOr<CacheConfig> flags = CacheConfigFromFlags(); !flags.ok()) {
+    return Fail(flags.status(), 2);
+  }
   absl::StatusOr<SchedulerConfig> scheduler = SchedulerConfigFromFlags(model.config());
   if (!scheduler.ok()) return Fail(scheduler.status(), 2);
+  // On a GPU: the activation peak is profiled and the KV pool sized from what is left.
+  absl::StatusOr<CacheConfig> cache = EngineCacheConfig(*loaded, *scheduler);
+  if (!cache.ok()) return Fail(cache.status());
   absl::StatusOr<metrics::LogFormat> log_format =
       metrics::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
   if (!log_format.ok()) return Fail(log_format.status(), 2);
