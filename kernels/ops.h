@@ -221,6 +221,12 @@ class Ops {
   // from there instead (q and k_layer's K are not read; q may be an empty view), giving the same
   // bits as recomputing it: both backends normalise P = exp(s - max) / Σ exp before it meets V,
   // so stored and recomputed P feed the same arithmetic.
+  // The CUDA backend's order (kernels/cuda/attention_order.cuh), the same in its split-K decode
+  // and tiled prefill kernels: positions fall into partitions of 256; each score is a 32-lane
+  // fused-multiply-add dot summed in a fixed butterfly; per partition m_p = max s and
+  // l_p = Σ exp(s - m_p) in position order; m = max m_p, l = Σ_p l_p · exp(m_p - m) in partition
+  // order; P = exp(s - m) · (1 / l); out = Σ_p (position-ordered Σ P·v over partition p), in
+  // partition order. Nothing depends on the batch or on which kernel served the row.
   virtual void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
                                     const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
                                     const AttentionBatch& batch, int num_heads, float scale,

@@ -61,7 +61,7 @@ package() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVFOLD_GPU_SUITE=ON \
     -DCMAKE_CUDA_ARCHITECTURES="80;90a" "${launcher[@]}"
   nice cmake --build "$build" -j "${KVFOLD_JOBS:-2}" --target kvfold_gpu_tests \
-    kvfold_gpu_decode_bench kvfold_gpu_sampling_bench
+    kvfold_gpu_decode_bench kvfold_gpu_sampling_bench kvfold_gpu_attention_bench
 
   rm -rf "$suite"
   mkdir -p "$suite/bin" "$suite/lib/compat"
@@ -69,7 +69,8 @@ package() {
   for f in "$build"/tests/gpu_*; do
     [[ -f $f && -x $f ]] && binaries+=("$f")
   done
-  binaries+=("$build/bench/kvfold_gpu_decode_bench" "$build/bench/kvfold_gpu_sampling_bench")
+  binaries+=("$build/bench/kvfold_gpu_decode_bench" "$build/bench/kvfold_gpu_sampling_bench"
+    "$build/bench/kvfold_gpu_attention_bench")
   local manifest="$suite/MANIFEST.txt"
   {
     echo "kvfold GPU suite, packaged $(date -u +%FT%TZ) from $(git rev-parse --short=12 HEAD)$(
@@ -227,6 +228,7 @@ run() {
   ((bench_rc != 0)) && status=1
 
   "$suite/bin/kvfold_gpu_sampling_bench" 2>&1 | tee "$json_dir/sampling_bench.txt" | tee -a "$log"
+  "$suite/bin/kvfold_gpu_attention_bench" 2>&1 | tee "$json_dir/attention_bench.txt" | tee -a "$log"
 
   if [[ -f $suite/kvfold.tar.xz ]]; then
     echo "== kvfold CLI (bench/gpu/cli_checks.py)" | tee -a "$log"

@@ -1,5 +1,12 @@
 // CudaOps::WriteKv and CudaOps::FoldedPagedAttention: validation and head grouping on the host
-// (kernels/attention_heads.h), then one upload and one launch each.
+// (kernels/attention_heads.h), then one upload and the launches. Attention rows are split by
+// their own sequence's shape only: one-row sequences go to the split-K decode kernels, longer
+// chunks to the tiled prefill kernel (kernels/cuda/kernels.h); both give the same bits.
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/attention_heads.h"
@@ -30,7 +37,52 @@ RowPlacement PlaceRows(const AttentionBatch& batch, int64_t num_rows) {
   return placement;
 }
 
+// Which kernel serves each row, from its own sequence's shape: rows of one-row sequences go to
+// the split-K decode kernels, longer chunks to the prefill kernel in tiles. A batch of decode
+// rows only needs no lists (row i is decode row i), so a step graph's decode step uploads nothing.
+struct RowSplit {
+  bool all_decode = true;
+  std::vector<int32_t> decode_rows;
+  std::vector<int32_t> tile_first_row;
+  std::vector<int32_t> tile_num_rows;
+};
+
+RowSplit SplitRows(const AttentionBatch& batch) {
+  RowSplit split;
+  for (int32_t s = 0; s < batch.num_seqs(); ++s) {
+    split.all_decode &= batch.query_start[s + 1] - batch.query_start[s] == 1;
+  }
+  if (split.all_decode) return split;
+  for (int32_t s = 0; s < batch.num_seqs(); ++s) {
+    const int32_t first = batch.query_start[s], q_len = batch.query_start[s + 1] - first;
+    if (q_len == 1) split.decode_rows.push_back(first);
+    for (int32_t j = 0; q_len > 1 && j < q_len; j += kPrefillTileRows) {
+      split.tile_first_row.push_back(first + j);
+      split.tile_num_rows.push_back(std::min(kPrefillTileRows, q_len - j));
+    }
+  }
+  return split;
+}
+
+std::atomic<size_t> max_score_workspace_bytes{size_t{256} << 20};
+
+// The grow-only attention workspace (split-K partials, softmax statistics) of each stream, i.e.
+// of each CudaOps. It lives here rather than in CudaOps (cuda_ops_impl.h belonged to another
+// change); buffers are never freed (one per stream the process ever attends on). A CudaOps member
+// reserved through ReserveScratch would be the tidier home.
+DeviceBuffer& AttentionWorkspace(cudaStream_t stream) {
+  static std::mutex mutex;
+  static auto* buffers = new std::unordered_map<cudaStream_t, std::unique_ptr<DeviceBuffer>>();
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::unique_ptr<DeviceBuffer>& buffer = (*buffers)[stream];
+  if (buffer == nullptr) buffer = std::make_unique<DeviceBuffer>();
+  return *buffer;
+}
+
 }  // namespace
+
+void SetMaxScoreWorkspaceBytes(size_t bytes) { max_score_workspace_bytes = bytes; }
+size_t MaxScoreWorkspaceBytes() { return max_score_workspace_bytes; }
 
 void CudaOps::WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                       const KvCacheLayer& cache) {
@@ -54,20 +106,33 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
   if (out.rows == 0) return;
   Activate();
   PagedAttentionParams params;
-  // Step staging (cuda_step_graph_ops.cc): a staged batch uploads nothing here.
-  if (!UseStagedAttentionArgs(batch, groups, params)) {
-    const RowPlacement placement = PlaceRows(batch, out.rows);
-    ArgPack pack;
-    const size_t seq = pack.Add(absl::MakeConstSpan(placement.seq));
-    const size_t pos = pack.Add(absl::MakeConstSpan(placement.pos));
-    const size_t tables = pack.Add(batch.block_tables);
-    const size_t num_groups = pack.Add(absl::MakeConstSpan(groups.num_groups));
-    const size_t score = pack.Add(absl::MakeConstSpan(groups.score_head));
-    const size_t k_head = pack.Add(absl::MakeConstSpan(groups.k_head));
-    const size_t start = pack.Add(absl::MakeConstSpan(groups.member_start));
-    const size_t out_head = pack.Add(absl::MakeConstSpan(groups.member_out_head));
-    const size_t v_head = pack.Add(absl::MakeConstSpan(groups.member_v_head));
-    const char* args = Upload(pack);
+  const RowSplit split = SplitRows(batch);
+  // Step staging (cuda_step_graph_ops.cc): a staged batch uploads nothing for its rows, tables and
+  // head groups; everything else goes up in one pack (Upload reuses one scratch per call).
+  const bool staged = UseStagedAttentionArgs(batch, groups, params);
+  ArgPack pack;
+  RowPlacement placement;
+  size_t seq = 0, pos = 0, tables = 0, num_groups = 0, score = 0, k_head = 0, start = 0;
+  size_t out_head = 0, v_head = 0, decode_rows = 0, tile_first = 0, tile_rows = 0;
+  if (!staged) {
+    placement = PlaceRows(batch, out.rows);
+    seq = pack.Add(absl::MakeConstSpan(placement.seq));
+    pos = pack.Add(absl::MakeConstSpan(placement.pos));
+    tables = pack.Add(batch.block_tables);
+    num_groups = pack.Add(absl::MakeConstSpan(groups.num_groups));
+    score = pack.Add(absl::MakeConstSpan(groups.score_head));
+    k_head = pack.Add(absl::MakeConstSpan(groups.k_head));
+    start = pack.Add(absl::MakeConstSpan(groups.member_start));
+    out_head = pack.Add(absl::MakeConstSpan(groups.member_out_head));
+    v_head = pack.Add(absl::MakeConstSpan(groups.member_v_head));
+  }
+  if (!split.all_decode) {
+    decode_rows = pack.Add(absl::MakeConstSpan(split.decode_rows));
+    tile_first = pack.Add(absl::MakeConstSpan(split.tile_first_row));
+    tile_rows = pack.Add(absl::MakeConstSpan(split.tile_num_rows));
+  }
+  const char* args = pack.size() > 0 ? Upload(pack) : nullptr;
+  if (!staged) {
     params.row_seq = PackedAt<int32_t>(args, seq);
     params.row_pos = PackedAt<int32_t>(args, pos);
     params.block_tables = PackedAt<int32_t>(args, tables);
@@ -77,6 +142,15 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
     params.member_start = PackedAt<int32_t>(args, start);
     params.member_out_head = PackedAt<int32_t>(args, out_head);
     params.member_v_head = PackedAt<int32_t>(args, v_head);
+  }
+  if (split.all_decode) {
+    params.num_decode_rows = out.rows;  // decode_rows stays null: row i is decode row i
+  } else {
+    params.decode_rows = PackedAt<int32_t>(args, decode_rows);
+    params.num_decode_rows = static_cast<int64_t>(split.decode_rows.size());
+    params.tile_first_row = PackedAt<int32_t>(args, tile_first);
+    params.tile_num_rows = PackedAt<int32_t>(args, tile_rows);
+    params.num_tiles = static_cast<int64_t>(split.tile_first_row.size());
   }
   params.q = groups.reads_k ? q.f32() : nullptr;
   params.out = out.f32();
@@ -98,6 +172,19 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
   params.num_score_heads = groups.num_score_heads;
   params.head_dim = v_layer.head_dim;
   params.scale = scale;
+  // A bound from the tables' width, not the batch's context lengths (CUDA graphs replay it).
+  const int64_t max_positions = int64_t{batch.max_blocks_per_seq} * v_layer.block_size;
+  params.num_partitions =
+      static_cast<int32_t>((max_positions + kAttentionPartition - 1) / kAttentionPartition);
+  CHECK_LE(groups.max_context, max_positions) << "FoldedPagedAttention: block tables too narrow";
+  const bool keep_scores = ScoreWorkspaceBytes(params) <= MaxScoreWorkspaceBytes();
+  DeviceBuffer& workspace = AttentionWorkspace(stream_);
+  void* before = workspace.data();
+  void* data = workspace.Reserve(AttentionWorkspaceBytes(params, keep_scores), stream_);
+  // Step graphs read the workspace they were captured with; a grown (moved) one drops them
+  // (Reserve synchronised the stream before freeing the old buffer).
+  if (before != nullptr && data != before) DropStepGraphs();
+  AssignAttentionWorkspace(data, keep_scores, params);
   LaunchPagedAttention(params, stream_);
 }
 

@@ -37,9 +37,14 @@ void LaunchWriteKv(const float* k, int64_t k_width, const float* v, int64_t v_wi
                    const int64_t* slots, int64_t num_rows, DType cache_dtype, void* k_cache,
                    void* v_cache, cudaStream_t stream);
 
-// Everything one folded paged-attention launch reads (FoldedPagedAttention in ops.h; the head
+// Everything one folded paged-attention call reads (FoldedPagedAttention in ops.h; the head
 // groups are AttentionHeadGroups' arrays, uploaded). Query row r belongs to sequence row_seq[r]
 // and sits at position row_pos[r]; it attends to positions [0, row_pos[r]] of that sequence.
+// Rows of one-row sequences (decode) go to the split-K kernels, listed in decode_rows; the rows of
+// longer chunks (prefill) go to the tiled prefill kernel in tiles of up to kPrefillTileRows rows of
+// one sequence. Both follow one arithmetic order (attention_order.cuh), so the split never
+// changes a row's bits. Grids come from num_decode_rows, num_tiles and num_partitions (a bound
+// from the block tables' width), never from the context lengths, which only the kernels read.
 struct PagedAttentionParams {
   const float* q = nullptr;       // [num_rows, num_score_heads * head_dim]; unused when reading P
   float* out = nullptr;           // [num_rows, num_heads * head_dim]
@@ -71,10 +76,40 @@ struct PagedAttentionParams {
   int32_t num_score_heads = 0;
   int32_t head_dim = 0;
   float scale = 1.0f;
+  // Split-K decode rows and prefill tiles (first row, row count).
+  const int32_t* decode_rows = nullptr;  // [num_decode_rows]; null: decode row i is row i
+  int64_t num_decode_rows = 0;
+  const int32_t* tile_first_row = nullptr;  // [num_tiles]
+  const int32_t* tile_num_rows = nullptr;   // [num_tiles]
+  int64_t num_tiles = 0;
+  // ceil(max_blocks_per_seq * block_size / kAttentionPartition): partitions of the longest
+  // context the block tables can hold.
+  int32_t num_partitions = 0;
+  // Workspace (AttentionWorkspaceBytes, laid out by AssignAttentionWorkspace); decode rows only.
+  float* part_scores = nullptr;  // [num_decode_rows, num_heads, num_partitions * partition], or
+                                 // null: the values phase recomputes the scores
+  float2* part_stats = nullptr;  // [num_decode_rows, num_heads, num_partitions]: (m_p, l_p)
+  float* part_out = nullptr;     // [num_decode_rows, num_heads, num_partitions, head_dim]
 };
-// The largest head_dim the attention kernel supports.
+// The largest head_dim the attention kernels support.
 inline constexpr int kMaxAttentionHeadDim = 512;
+// Positions per softmax partition (attention_order.cuh) and query rows per prefill tile.
+inline constexpr int kAttentionPartition = 256;
+inline constexpr int kPrefillTileRows = 16;
+// Workspace bytes a call with these shapes needs, with or without the decode scores, and the
+// pointers into `workspace` (256-byte aligned, at least that many bytes). Keeping the scores saves
+// reading K twice; ScoreWorkspaceBytes is their share.
+size_t ScoreWorkspaceBytes(const PagedAttentionParams& params);
+size_t AttentionWorkspaceBytes(const PagedAttentionParams& params, bool keep_scores);
+void AssignAttentionWorkspace(void* workspace, bool keep_scores, PagedAttentionParams& params);
+// Score workspaces above this many bytes are not kept (attention_ops.cc; tests lower it to reach
+// the recomputing path).
+void SetMaxScoreWorkspaceBytes(size_t bytes);
+size_t MaxScoreWorkspaceBytes();
+// Launches the split-K decode kernels and the prefill kernel for the listed rows.
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
+// The prefill kernel alone (paged_attention.cu calls it for the tiles).
+void LaunchPrefillAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // MatMul staging: dst [padded_rows, cols] in `dst_dtype` (F32, F16 or BF16) = x [rows, cols]
 // rounded to nearest, with rows [rows, padded_rows) set to zero.
