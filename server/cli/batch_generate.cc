@@ -195,7 +195,8 @@ int RunPromptsFile(LoadedModel& loaded, const std::string& path, const LineDefau
   DeltaQueue queue;  // outlives the engine, whose callbacks push into it
   absl::StatusOr<std::unique_ptr<serving::ServingEngine>> engine =
       serving::ServingEngine::Create(model, ops, tokenizer, *cache, *scheduler,
-                                     {.max_queued_requests = std::numeric_limits<int32_t>::max()});
+                                     {.max_queued_requests = std::numeric_limits<int32_t>::max(),
+                                      .device_sampler = loaded.sampler.get()});
   if (!engine.ok()) return fail(engine.status());
   const serving::PoolInfo& pool = (*engine)->pool();
   std::cerr << KvMemoryLine(model, absl::GetFlag(FLAGS_attention_plan), pool.kv_dtype,

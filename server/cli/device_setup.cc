@@ -60,6 +60,16 @@ absl::StatusOr<DeviceMemory> QueryDeviceMemory(int cuda_ordinal) {
 #endif
 }
 
+absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device,
+                                                                   int cuda_ordinal) {
+  if (device == Device::kCpu) return std::unique_ptr<DeviceSampler>();
+#ifdef KVFOLD_HAVE_CUDA
+  return NewCudaSampler(cuda_ordinal);
+#else
+  return absl::FailedPreconditionError(kNoCudaBuild);
+#endif
+}
+
 absl::Status CheckTensorParallelDevice(Device device, int tensor_parallel_size, int nnodes) {
   if (device == Device::kCuda && (tensor_parallel_size > 1 || nnodes > 1)) {
     return absl::UnimplementedError(

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/ops.h"
 
 namespace kvfold::cli {
@@ -22,6 +23,11 @@ absl::StatusOr<Device> DeviceFromFlags();
 // The backend's ops: CPU with `threads` (0: every core), or CUDA device `cuda_ordinal`. A CUDA
 // build run without a usable GPU, or a build without CUDA, gets FailedPrecondition naming why.
 absl::StatusOr<std::unique_ptr<Ops>> CreateOps(Device device, int threads, int cuda_ordinal = 0);
+
+// The sampler a CUDA model's executor uses, so a decode step copies back token ids instead of
+// logits; null on the CPU.
+absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device,
+                                                                   int cuda_ordinal = 0);
 
 // Free and total memory of CUDA device `cuda_ordinal` (cudaMemGetInfo).
 struct DeviceMemory {

@@ -2,7 +2,9 @@
 
 #include <utility>
 
+#include "absl/flags/flag.h"
 #include "server/cli/attention_plan_setup.h"
+#include "server/cli/common_flags.h"
 #include "worker/model_loader.h"
 #include "worker/status_macros.h"
 
@@ -28,6 +30,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, Tens
   if (!model.ok()) return model.status();
   l.model = *std::move(model);
   if (device == Device::kCuda) {
+    // One staged upload per step; decode steps replayed as CUDA graphs unless --enforce-eager.
+    StepGraphOptions graphs;
+    graphs.stage_inputs = true;
+    graphs.graphs = !absl::GetFlag(FLAGS_enforce_eager);
+    l.model->set_step_graphs(std::move(graphs));
+    KVFOLD_ASSIGN_OR_RETURN(l.sampler, CreateDeviceSampler(device, l.cuda_ordinal));
     KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
     l.weight_bytes = free_before - m.free_bytes;
   }

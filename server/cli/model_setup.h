@@ -18,6 +18,8 @@ struct LoadedModel {
   std::unique_ptr<Ops> ops;
   std::unique_ptr<LlamaModel> model;
   std::unique_ptr<Tokenizer> tokenizer;
+  // On a GPU: samples on the device (ServingOptions::device_sampler); null on the CPU.
+  std::unique_ptr<DeviceSampler> sampler;
   Device device = Device::kCpu;
   int cuda_ordinal = 0;
   int64_t weight_bytes = 0;  // on a GPU: the device memory the weights took

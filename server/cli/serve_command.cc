@@ -187,6 +187,7 @@ int RunServe(const std::vector<std::string>& positional) {
   serving::ServingOptions options;
   options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   options.request_log = *log_format;
+  options.device_sampler = loaded->sampler.get();
   absl::StatusOr<std::unique_ptr<serving::ServingEngine>> engine = serving::ServingEngine::Create(
       model, *loaded->ops, *loaded->tokenizer, *cache, *scheduler, options);
   if (!engine.ok()) return Fail(engine.status());

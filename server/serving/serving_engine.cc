@@ -92,6 +92,7 @@ ServingEngine::ServingEngine(LlamaModel& model, Ops& ops, const Tokenizer& token
       scheduler_config_(scheduler),
       options_(options),
       state_(std::make_unique<State>(ops, model, pool)) {
+  state_->executor.set_device_sampler(options.device_sampler);
   // Blocks cached under one attention plan are never reused under another.
   state_->engine = std::make_unique<Engine>(scheduler, pool.num_blocks, pool.block_size,
                                             model.plan().cache_salt(), state_->executor,

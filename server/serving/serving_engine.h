@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/ops.h"
 #include "scheduler/engine.h"
 #include "scheduler/request.h"
@@ -67,6 +68,9 @@ struct ServingOptions {
   absl::Duration stall_timeout = absl::Seconds(30);
   // One line per finished generation on stderr (metrics/request_log.h); nullopt: none.
   std::optional<metrics::LogFormat> request_log;
+  // Samples on the model's device (a GPU), copying back token ids only; null: on the host. Must
+  // outlive the engine.
+  DeviceSampler* device_sampler = nullptr;
 };
 
 // The KV pool the engine runs over, for start-up lines and metrics.
