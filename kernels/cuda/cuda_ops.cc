@@ -191,6 +191,11 @@ bool CudaDeviceAvailable() {
   return count > 0;
 }
 
+void* CudaOpsStream(Ops& ops) {
+  CHECK(ops.device() == Device::kCuda) << "CudaOpsStream: " << ops.name() << " ops";
+  return static_cast<cuda::CudaOps&>(ops).stream();
+}
+
 absl::StatusOr<CudaMemoryInfo> QueryCudaMemory(int device_ordinal) {
   size_t free_bytes = 0, total_bytes = 0;
   cudaError_t e = cudaSetDevice(device_ordinal);

@@ -24,6 +24,11 @@ bool CudaDeviceAvailable();
 // the runtime sees no device or the ordinal is out of range.
 absl::StatusOr<std::unique_ptr<Ops>> NewCudaOps(int device_ordinal = 0);
 
+// The cudaStream_t that `ops` (made by NewCudaOps; CHECKed) queues its work on, so other CUDA work
+// (device sampling, NCCL collectives) can order itself after the ops' work with an event instead
+// of synchronising the whole device.
+void* CudaOpsStream(Ops& ops);
+
 // Free and total memory of device `device_ordinal` (cudaMemGetInfo), for the GPU memory plan.
 struct CudaMemoryInfo {
   int64_t free_bytes = 0;

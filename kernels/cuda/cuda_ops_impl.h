@@ -67,6 +67,8 @@ class CudaOps final : public Ops {
   absl::Status ReplayStepGraph(int64_t key) override;
   void DropStepGraphs() override;
 
+  cudaStream_t stream() const { return stream_; }
+
  private:
   // Makes this object's device current on the calling thread.
   void Activate() const;
