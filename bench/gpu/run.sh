@@ -114,6 +114,9 @@ package() {
       objdump -T "$b" 2>/dev/null | grep -o 'GLIBCXX_[0-9.]*'; done | sort -uV | tail -1)"
     echo "total: $(du -sb "$suite" | cut -f1) bytes"
   } >>"$manifest"
+  # Stripped test binaries compress about 4x: they travel packed, well under the carry limit.
+  tar -C "$suite" -cJf "$suite/bin.tar.xz" bin && rm -rf "$suite/bin"
+  echo "bin.tar.xz: $(stat -c %s "$suite/bin.tar.xz") bytes" >>"$manifest"
   if [[ ${KVFOLD_PACKAGE_CLI:-1} != 0 ]]; then
     package_cli "${launcher[@]}"
   fi
@@ -176,8 +179,17 @@ device_lib_dirs() {
 run() {
   local out=${OUT:-$suite/results}
   mkdir -p "$out"
-  if [[ ! -d $suite/bin ]]; then
-    echo "run.sh run: no $suite/bin: run 'bash bench/gpu/run.sh package' first and carry $suite" >&2
+  # The binaries travel packed (bin.tar.xz); Python unpacks them: the device may lack xz.
+  local bin
+  if [[ -f $suite/bin.tar.xz ]]; then
+    bin=$(mktemp -d)
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$suite/bin.tar.xz" "$bin"
+    bin=$bin/bin
+  elif [[ -d $suite/bin ]]; then
+    bin=$suite/bin
+  else
+    echo "run.sh run: no $suite/bin.tar.xz: run 'bash bench/gpu/run.sh package' first and carry $suite" >&2
     exit 1
   fi
   local log="$out/log.txt"
@@ -189,9 +201,9 @@ run() {
   export LD_LIBRARY_PATH="$root/$suite/lib:$(device_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # The bundled binaries were built against Debian 12's libstdc++; use the carried one only when
   # the device's own cannot load them.
-  if ! "$suite/bin/gpu_cuda_ops_test" --gtest_list_tests >/dev/null 2>&1; then
+  if ! "$bin/gpu_cuda_ops_test" --gtest_list_tests >/dev/null 2>&1; then
     if LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$root/$suite/lib/compat" \
-      "$suite/bin/gpu_cuda_ops_test" --gtest_list_tests >/dev/null 2>&1; then
+      "$bin/gpu_cuda_ops_test" --gtest_list_tests >/dev/null 2>&1; then
       export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$root/$suite/lib/compat"
       echo "using the carried libstdc++/libgcc_s" | tee -a "$log"
     fi
@@ -203,12 +215,12 @@ run() {
     echo "== nvidia-smi"
     nvidia-smi 2>&1 || echo "nvidia-smi: not available"
     echo "== libraries"
-    ldd "$suite/bin/gpu_nccl_communicator_test" "$suite/bin/kvfold_gpu_decode_bench" 2>&1 |
+    ldd "$bin/gpu_nccl_communicator_test" "$bin/kvfold_gpu_decode_bench" 2>&1 |
       grep -E 'not found|cublas|nccl|cudart|stdc\+\+' | awk '{print $1, $2, $3}' | sort -u
   } 2>&1 | tee -a "$log"
 
   local status=0
-  for t in "$suite"/bin/gpu_*; do
+  for t in "$bin"/gpu_*; do
     local name
     name=$(basename "$t")
     echo "== test $name" | tee -a "$log"
@@ -221,14 +233,14 @@ run() {
   echo "== bench kvfold_gpu_decode_bench" | tee -a "$log"
   local gguf=${KVFOLD_GGUF:-$HOME/.cache/kvfold/SmolLM2-135M-Instruct.Q4_1.gguf}
   # shellcheck disable=SC2086
-  "$suite/bin/kvfold_gpu_decode_bench" --gguf="$gguf" --json="$json_dir/decode_bench.json" \
+  "$bin/kvfold_gpu_decode_bench" --gguf="$gguf" --json="$json_dir/decode_bench.json" \
     ${KVFOLD_BENCH_ARGS:-} 2>&1 | tee "$json_dir/decode_bench.txt" | tee -a "$log"
   local bench_rc=${PIPESTATUS[0]}
   echo "kvfold_gpu_decode_bench exit $bench_rc" >>"$json_dir/exit_codes.txt"
   ((bench_rc != 0)) && status=1
 
-  "$suite/bin/kvfold_gpu_sampling_bench" 2>&1 | tee "$json_dir/sampling_bench.txt" | tee -a "$log"
-  "$suite/bin/kvfold_gpu_attention_bench" 2>&1 | tee "$json_dir/attention_bench.txt" | tee -a "$log"
+  "$bin/kvfold_gpu_sampling_bench" 2>&1 | tee "$json_dir/sampling_bench.txt" | tee -a "$log"
+  "$bin/kvfold_gpu_attention_bench" 2>&1 | tee "$json_dir/attention_bench.txt" | tee -a "$log"
 
   if [[ -f $suite/kvfold.tar.xz ]]; then
     echo "== kvfold CLI (bench/gpu/cli_checks.py)" | tee -a "$log"
