@@ -310,6 +310,7 @@ absl::StatusOr<Communicator*> TensorParallelGroup::ConnectDevice(Ops& ops) {
   }
   nccl_ = *std::move(nccl);
   device_watched_ = std::make_unique<WatchedCommunicator>(*nccl_);
+  model_on_nccl_ = true;
   return device_watched_.get();
 #else
   (void)ops;
@@ -323,15 +324,23 @@ absl::Status TensorParallelGroup::Follow(LlamaModel& model, Ops& ops) {
   if (step_stream_ == nullptr) {
     BroadcastStepSource broadcast(*comm());
     KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, broadcast));
-    finished_ = true;
-    return absl::OkStatus();
+  } else {
+    KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, *step_stream_));
+    // Tells the leader this rank has read the finish marker (Finish waits for it), so the
+    // leader's exit cannot cut the stream short.
+    KVFOLD_RETURN_IF_ERROR(comm()->Barrier());
   }
-  KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, *step_stream_));
-  // Tells the leader this rank has read the finish marker (Finish waits for it), so the leader's
-  // exit cannot cut the stream short.
-  KVFOLD_RETURN_IF_ERROR(comm()->Barrier());
   finished_ = true;
+  CloseDevice();
   return absl::OkStatus();
+}
+
+void TensorParallelGroup::CloseDevice() {
+  // Every rank gets here at the same point (just past the finish marker), so a teardown that
+  // waits on its peers (ncclCommDestroy may) finds them all in it, and the leader then waits for
+  // its followers' exit with nothing of NCCL's pending.
+  device_watched_.reset();
+  nccl_.reset();
 }
 
 void TensorParallelGroup::OnFailure(std::function<void(const absl::Status&)> on_failure) {
@@ -380,6 +389,7 @@ absl::Status TensorParallelGroup::Finish() {
   absl::Status status = steps_->Finish();
   // Several nodes: wait until every follower has read the finish marker (Follow).
   if (status.ok() && cluster_ != nullptr) status = comm()->Barrier();
+  if (status.ok()) CloseDevice();  // where the followers close theirs (Follow)
   std::lock_guard<std::mutex> lock(followers_mu_);
   for (pid_t& pid : followers_) {
     int wstatus = 0;
@@ -399,7 +409,7 @@ std::string TensorParallelGroup::StatsLine() const {
   const CommunicatorStats s = gloo_->stats();
   // On GPUs the gloo group carries the steps only; the model's collectives (NCCL) are not timed.
   std::string line = absl::StrFormat("tp: rank %d of %d%s:", rank_, size_,
-                                     nccl_ != nullptr ? " (gloo, steps; NCCL collectives)" : "");
+                                     model_on_nccl_ ? " (gloo, steps; NCCL collectives)" : "");
   const auto add = [&line](const char* name, const CollectiveStats& c, bool last) {
     absl::StrAppendFormat(&line, " %d %s in %.3f s (%.3f ms each)%s", c.calls, name, c.seconds,
                           c.calls > 0 ? 1e3 * c.seconds / c.calls : 0.0, last ? "" : ",");

@@ -98,7 +98,7 @@ class TensorParallelGroup {
   void OnFailure(std::function<void(const absl::Status&)> on_failure);
 
   // Leader: stops the followers and waits for them; an error if one failed. Nothing else may use
-  // the communicator meanwhile or afterwards.
+  // the communicators (the model's included) meanwhile or afterwards.
   absl::Status Finish();
 
   // Leader, after a failure: ends the followers it started (no stop message: the communicator is
@@ -113,6 +113,9 @@ class TensorParallelGroup {
   absl::Status JoinNodes(const std::string& model_path, int timeout);
   // NCCL on GPU local_rank() ordered on `ops`' stream; rank 0's unique id travels over gloo.
   absl::StatusOr<Communicator*> ConnectDevice(Ops& ops);
+  // After the finish marker (leader and followers alike): destroys NCCL; the model must not run a
+  // collective afterwards.
+  void CloseDevice();
   void WatchFollowers();
   void StopWatching();
   void EndFollowers();
@@ -126,6 +129,7 @@ class TensorParallelGroup {
   // GPUs: the model's NCCL communicator (an NcclCommunicator) and its watched wrapper.
   std::unique_ptr<Communicator> nccl_;
   std::unique_ptr<WatchedCommunicator> device_watched_;
+  bool model_on_nccl_ = false;
   bool finished_ = false;  // Finish or Follow returned OK: NCCL may be destroyed, not aborted
   std::unique_ptr<cluster::ClusterLeader> cluster_;  // multi-node leader only
   std::unique_ptr<StepSink> broadcast_steps_;        // single-node leader only
