@@ -68,7 +68,15 @@ bool IsDevicePointer(const void* p) {
 struct NcclCommunicator::State {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
+  // NcclOptions::stream and the events that order NCCL's stream after it and it after NCCL's.
+  cudaStream_t producer = nullptr;
+  cudaEvent_t produced = nullptr;
+  cudaEvent_t consumed = nullptr;
   bool aborted = false;
+  ~State() {
+    if (produced != nullptr) cudaEventDestroy(produced);
+    if (consumed != nullptr) cudaEventDestroy(consumed);
+  }
   Scratch in, out, gathered;
 };
 
@@ -118,6 +126,16 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   if (cudaError_t e = cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking);
       e != cudaSuccess) {
     return CudaError("cudaStreamCreate", e);
+  }
+  if (options.stream != nullptr) {
+    state->producer = static_cast<cudaStream_t>(options.stream);
+    for (cudaEvent_t* event : {&state->produced, &state->consumed}) {
+      if (cudaError_t e = cudaEventCreateWithFlags(event, cudaEventDisableTiming);
+          e != cudaSuccess) {
+        cudaStreamDestroy(state->stream);
+        return CudaError("cudaEventCreate", e);
+      }
+    }
   }
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;  // calls return at once; Finish polls, so a dead peer is a timeout
@@ -182,6 +200,14 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::CreateWithFi
   return Create(options, id);
 }
 
+void NcclCommunicator::Abort() {
+  if (state_->comm == nullptr || state_->aborted) return;
+  cudaSetDevice(options_.device);
+  ncclCommAbort(state_->comm);
+  state_->aborted = true;
+  if (failure_.ok()) failure_ = absl::CancelledError("nccl communicator aborted");
+}
+
 absl::Status NcclCommunicator::CheckUsable() const {
   if (failure_.ok()) return absl::OkStatus();
   return absl::FailedPreconditionError(
@@ -224,14 +250,44 @@ absl::Status NcclCommunicator::Finish(const char* what) {
 
 namespace {
 
-// Where a collective reads or writes `floats` floats at `p`: p itself when it is device memory,
-// else `scratch` (filled from p first when `upload`).
-absl::StatusOr<float*> OnDevice(const float* p, size_t floats, bool upload, Scratch& scratch,
-                                cudaStream_t stream) {
-  if (IsDevicePointer(p)) {
+// Orders NCCL's `stream` after the work queued so far on `producer` (through `produced`), or
+// without a producer after all work on the device, before a collective on device memory.
+absl::Status AfterProducer(cudaStream_t producer, cudaEvent_t produced, cudaStream_t stream) {
+  if (producer == nullptr) {
     if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess) {
       return CudaError("cudaDeviceSynchronize", e);
     }
+    return absl::OkStatus();
+  }
+  if (cudaError_t e = cudaEventRecord(produced, producer); e != cudaSuccess) {
+    return CudaError("cudaEventRecord on the producer stream", e);
+  }
+  if (cudaError_t e = cudaStreamWaitEvent(stream, produced, 0); e != cudaSuccess) {
+    return CudaError("cudaStreamWaitEvent", e);
+  }
+  return absl::OkStatus();
+}
+
+// Orders the producer's later work after everything queued on NCCL's `stream` (a no-op without a
+// producer: the caller already waited for the collective, and the device was synchronised).
+absl::Status BeforeConsumer(cudaStream_t producer, cudaEvent_t consumed, cudaStream_t stream) {
+  if (producer == nullptr) return absl::OkStatus();
+  if (cudaError_t e = cudaEventRecord(consumed, stream); e != cudaSuccess) {
+    return CudaError("cudaEventRecord on the nccl stream", e);
+  }
+  if (cudaError_t e = cudaStreamWaitEvent(producer, consumed, 0); e != cudaSuccess) {
+    return CudaError("cudaStreamWaitEvent on the producer stream", e);
+  }
+  return absl::OkStatus();
+}
+
+// Where a collective reads or writes `floats` floats at `p`: p itself when it is device memory
+// (NCCL's stream ordered after `producer` first: AfterProducer), else `scratch` (filled from p
+// first when `upload`).
+absl::StatusOr<float*> OnDevice(const float* p, size_t floats, bool upload, Scratch& scratch,
+                                cudaStream_t stream, cudaStream_t producer, cudaEvent_t produced) {
+  if (IsDevicePointer(p)) {
+    if (absl::Status s = AfterProducer(producer, produced, stream); !s.ok()) return s;
     return const_cast<float*>(p);
   }
   absl::StatusOr<float*> d = scratch.Reserve(floats);
@@ -280,7 +336,8 @@ absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (count == 0) return absl::OkStatus();
   cudaSetDevice(options_.device);
-  absl::StatusOr<float*> d = OnDevice(data, count, /*upload=*/true, state_->in, state_->stream);
+  absl::StatusOr<float*> d = OnDevice(data, count, /*upload=*/true, state_->in, state_->stream,
+                                      state_->producer, state_->produced);
   KVFOLD_NCCL_TRY(d.status());
   if (options_.rank_order_sum) {
     absl::StatusOr<float*> gathered = state_->gathered.Reserve(count * options_.size);
@@ -297,6 +354,7 @@ absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
                                                        state_->comm, state_->stream));
   }
   KVFOLD_NCCL_TRY(Finish("AllReduceSum"));
+  KVFOLD_NCCL_TRY(BeforeConsumer(state_->producer, state_->consumed, state_->stream));
   KVFOLD_NCCL_TRY(Download(data, *d, count, state_->stream));
   return absl::OkStatus();
 }
@@ -305,14 +363,16 @@ absl::Status NcclCommunicator::AllGather(const float* in, size_t count, float* o
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (count == 0) return absl::OkStatus();
   cudaSetDevice(options_.device);
-  absl::StatusOr<float*> d_in = OnDevice(in, count, /*upload=*/true, state_->in, state_->stream);
+  absl::StatusOr<float*> d_in = OnDevice(in, count, /*upload=*/true, state_->in, state_->stream,
+                                         state_->producer, state_->produced);
   KVFOLD_NCCL_TRY(d_in.status());
-  absl::StatusOr<float*> d_out =
-      OnDevice(out, count * options_.size, /*upload=*/false, state_->out, state_->stream);
+  absl::StatusOr<float*> d_out = OnDevice(out, count * options_.size, /*upload=*/false, state_->out,
+                                          state_->stream, state_->producer, state_->produced);
   KVFOLD_NCCL_TRY(d_out.status());
   KVFOLD_NCCL_ENQUEUE("ncclAllGather",
                       ncclAllGather(*d_in, *d_out, count, ncclFloat, state_->comm, state_->stream));
   KVFOLD_NCCL_TRY(Finish("AllGather"));
+  KVFOLD_NCCL_TRY(BeforeConsumer(state_->producer, state_->consumed, state_->stream));
   KVFOLD_NCCL_TRY(Download(out, *d_out, count * options_.size, state_->stream));
   return absl::OkStatus();
 }
@@ -325,12 +385,13 @@ absl::Status NcclCommunicator::Broadcast(float* data, size_t count, int root) {
   }
   if (count == 0) return absl::OkStatus();
   cudaSetDevice(options_.device);
-  absl::StatusOr<float*> d =
-      OnDevice(data, count, /*upload=*/options_.rank == root, state_->in, state_->stream);
+  absl::StatusOr<float*> d = OnDevice(data, count, /*upload=*/options_.rank == root, state_->in,
+                                      state_->stream, state_->producer, state_->produced);
   KVFOLD_NCCL_TRY(d.status());
   KVFOLD_NCCL_ENQUEUE("ncclBroadcast",
                       ncclBroadcast(*d, *d, count, ncclFloat, root, state_->comm, state_->stream));
   KVFOLD_NCCL_TRY(Finish("Broadcast"));
+  KVFOLD_NCCL_TRY(BeforeConsumer(state_->producer, state_->consumed, state_->stream));
   KVFOLD_NCCL_TRY(Download(data, *d, count, state_->stream));
   return absl::OkStatus();
 }

@@ -2,10 +2,12 @@
 // (KVFOLD_HAVE_NCCL; libnccl from the CUDA toolkit or the nvidia-nccl wheel).
 //
 // Buffers: every pointer may be device memory (used in place) or host memory (staged through a
-// device scratch buffer), decided per call with cudaPointerGetAttributes. Before a collective on
-// device memory the device is synchronised (cudaDeviceSynchronize), so data produced on another
-// stream (the CUDA Ops' own) is complete; every call then waits for its collective to finish. A
-// later version should take the producer's stream or an event instead of synchronising.
+// device scratch buffer), decided per call with cudaPointerGetAttributes. Data on the device is
+// usually written by kernels on another stream (the CUDA Ops' own): with NcclOptions::stream set to
+// that producer stream, NCCL's stream waits on an event recorded there (cudaStreamWaitEvent), and
+// the producer stream waits on an event recorded after the collective, so the producer's next
+// kernels see the result; without it, the device is synchronised (cudaDeviceSynchronize) before a
+// collective on device memory. Either way every call waits for its collective to finish.
 //
 // Determinism: NCCL's ncclAllReduce sums along its ring or tree, so an element's sum starts at a
 // rank that depends on the element's chunk and the algorithm NCCL picks (rank count, size,
@@ -43,6 +45,9 @@ struct NcclOptions {
   // AllReduceSum in rank order (all-gather + ordered local sum; same bits as gloo) or NCCL's own
   // all-reduce order (see above).
   bool rank_order_sum = true;
+  // The cudaStream_t (on `device`) whose work writes and reads the collectives' device buffers,
+  // e.g. CudaOpsStream(ops); null: synchronise the device instead (see above). Outlives this.
+  void* stream = nullptr;
   // Names this group's unique-id file in a file-store directory (CreateWithFileStore).
   std::string store_prefix = "kvfold";
 };
@@ -74,6 +79,11 @@ class NcclCommunicator final : public Communicator {
   absl::Status AllGather(const float* in, size_t count, float* out) override;
   absl::Status Broadcast(float* data, size_t count, int root) override;
   absl::Status Barrier() override;
+
+  // Ends the communicator at once (ncclCommAbort) instead of with the destructor's orderly
+  // ncclCommDestroy, which may wait on peers: for a group whose peer process is gone. Every later
+  // call fails.
+  void Abort();
 
  private:
   struct State;  // NCCL and CUDA handles, scratch buffers

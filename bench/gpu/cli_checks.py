@@ -2,7 +2,8 @@
 """The `kvfold` binary on the GPU (bench/gpu/run.sh run): greedy `generate --device cuda` against
 `--device cpu` (one prompt, and a prompts file through the engine with its GPU memory plan), and
 a `serve --device cuda` smoke test (one completion over HTTP, its text checked against the CPU's
-greedy continuation). Prints one line per check and writes cli_checks.json.
+greedy continuation); with two GPUs or more, greedy `generate --device cuda --tensor-parallel-size 2`
+(NCCL) against one GPU (skipped with fewer). Prints one line per check and writes cli_checks.json.
 Usage: cli_checks.py KVFOLD_BINARY MODEL_DIR OUT_DIR. Exit 0 when every check passed."""
 import json
 import os
@@ -55,6 +56,27 @@ def check_engine(kvfold, model):
     same = ids(cpu) == ids(gpu) and len(ids(cpu)) == 4
     return same and bool(memory), ("same token ids" if same else "token ids differ") + \
         f"; {memory[0] if memory else 'no gpu memory line'}"
+
+
+def gpu_count():
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return len([l for l in p.stdout.splitlines() if l.strip()]) if p.returncode == 0 else 0
+
+
+def check_tensor_parallel(kvfold, model):
+    """Two ranks over NCCL on GPUs 0 and 1: the same greedy text as one GPU."""
+    args = ["generate", "--model", model, "--prompt", PROMPT, "--max-tokens", "64",
+            "--kv-cache-dtype", "f32", "--device", "cuda"]
+    rc_one, one, err_one = run([kvfold] + args)
+    rc_two, two, err_two = run([kvfold] + args + ["--tensor-parallel-size", "2"])
+    if rc_one != 0 or rc_two != 0:
+        return False, f"exit tp1 {rc_one} tp2 {rc_two}: {last_lines(err_one + err_two)}"
+    stats = " ".join(l for l in err_two.splitlines() if l.startswith(("decode", "tp:")))
+    return two == one, ("same text" if two == one else f"tp1 {one!r} tp2 {two!r}") + f"; {stats}"
 
 
 def check_serve(kvfold, model, cpu_text):
@@ -111,6 +133,12 @@ def main():
     results.append(("prompts file --device cuda == cpu", ok, detail))
     ok, detail = check_serve(kvfold, model, cpu_text)
     results.append(("serve --device cuda completion", ok, detail))
+    if gpu_count() >= 2:
+        ok, detail = check_tensor_parallel(kvfold, model)
+        results.append(("generate --device cuda --tensor-parallel-size 2 == 1", ok, detail))
+    else:
+        print("CLI generate --device cuda --tensor-parallel-size 2: SKIP: fewer than 2 GPUs",
+              flush=True)
     for name, ok, detail in results:
         print(f"CLI {name}: {'PASS' if ok else 'FAIL'}: {detail}", flush=True)
     (out / "cli_checks.json").write_text(json.dumps(

@@ -7,6 +7,8 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "server/cli/common_flags.h"
 #ifdef KVFOLD_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
 #include "kernels/cuda/cuda_ops.h"
 #endif
 
@@ -71,12 +73,36 @@ absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device
 }
 
 absl::Status CheckTensorParallelDevice(Device device, int tensor_parallel_size, int nnodes) {
-  if (device == Device::kCuda && (tensor_parallel_size > 1 || nnodes > 1)) {
-    return absl::UnimplementedError(
-        "--device cuda runs one GPU: tensor parallelism over GPUs (NCCL) is not wired into the "
-        "CLI yet; use --tensor-parallel-size 1, or --device cpu");
+  if (device != Device::kCuda || (tensor_parallel_size <= 1 && nnodes <= 1)) {
+    return absl::OkStatus();
+  }
+#if !defined(KVFOLD_HAVE_CUDA)
+  return absl::FailedPreconditionError(kNoCudaBuild);
+#elif !defined(KVFOLD_HAVE_NCCL)
+  return absl::FailedPreconditionError(
+      "--device cuda: tensor parallelism over GPUs needs NCCL, and this kvfold was built without "
+      "it (configure where nccl.h and libnccl are found), or use --tensor-parallel-size 1");
+#else
+  int visible = 0;
+  if (cudaGetDeviceCount(&visible) != cudaSuccess) {
+    (void)cudaGetLastError();
+    visible = 0;
+  }
+  if (visible == 0) {
+    return absl::FailedPreconditionError(
+        "--device cuda: no CUDA device is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES "
+        "hides them)");
+  }
+  // One rank per GPU on this node: every rank on one node, one rank per node across nodes.
+  const int ranks_here = nnodes > 1 ? 1 : tensor_parallel_size;
+  if (ranks_here > visible) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "--device cuda: --tensor-parallel-size %d runs one rank per GPU, but %d CUDA device(s) "
+        "are visible (CUDA_VISIBLE_DEVICES)",
+        tensor_parallel_size, visible));
   }
   return absl::OkStatus();
+#endif
 }
 
 }  // namespace kvfold::cli

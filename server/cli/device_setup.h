@@ -36,8 +36,9 @@ struct DeviceMemory {
 };
 absl::StatusOr<DeviceMemory> QueryDeviceMemory(int cuda_ordinal);
 
-// Tensor parallelism over GPUs (NCCL) is not wired into the CLI yet: --device cuda with
-// --tensor-parallel-size > 1 (or several nodes) is refused up front.
+// Tensor parallelism over GPUs, checked before any follower starts: --device cuda with
+// --tensor-parallel-size > 1 (or several nodes) needs a build with CUDA and NCCL, and one visible
+// GPU per rank on this node (every rank of one node; one rank per node across nodes).
 absl::Status CheckTensorParallelDevice(Device device, int tensor_parallel_size, int nnodes);
 
 }  // namespace kvfold::cli

@@ -160,13 +160,15 @@ int RunGenerate(const std::vector<std::string>& positional) {
   absl::StatusOr<std::unique_ptr<TensorParallelGroup>> group = TensorParallelGroup::Join(
       "generate", path,
       {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
-       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
+       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan),
+       "--device=" + absl::GetFlag(FLAGS_device)});
   if (!group.ok()) {
     std::cerr << "kvfold generate: " << group.status().message() << "\n";
     return 1;
   }
   const TensorParallel tp = (*group)->place();
-  absl::StatusOr<Loaded> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp, *device);
+  absl::StatusOr<Loaded> loaded =
+      LoadModel(path, absl::GetFlag(FLAGS_threads), (*group)->PlaceModel(*device));
   if (!loaded.ok()) {
     std::cerr << "kvfold generate"
               << (tp.rank > 0 ? " (tensor-parallel rank " + std::to_string(tp.rank) + ")" : "")

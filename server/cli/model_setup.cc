@@ -10,12 +10,16 @@
 
 namespace kvfold::cli {
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp,
-                                      Device device) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads,
+                                      ModelPlacement placement) {
   LoadedModel l;
-  l.device = device;
-  l.cuda_ordinal = tp.rank;
+  const Device device = l.device = placement.device;
+  TensorParallel tp = placement.tp;
+  l.cuda_ordinal = placement.cuda_ordinal;
   KVFOLD_ASSIGN_OR_RETURN(l.ops, CreateOps(device, threads, l.cuda_ordinal));
+  if (placement.device_comm) {
+    KVFOLD_ASSIGN_OR_RETURN(tp.comm, placement.device_comm(*l.ops));
+  }
   int64_t free_before = 0;
   if (device == Device::kCuda) {
     KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
@@ -35,7 +39,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, Tens
     graphs.stage_inputs = true;
     graphs.graphs = !absl::GetFlag(FLAGS_enforce_eager);
     l.model->set_step_graphs(std::move(graphs));
-    KVFOLD_ASSIGN_OR_RETURN(l.sampler, CreateDeviceSampler(device, l.cuda_ordinal));
+    // Under tensor parallelism the leader samples the gathered logits on the host.
+    if (tp.size == 1) {
+      KVFOLD_ASSIGN_OR_RETURN(l.sampler, CreateDeviceSampler(device, l.cuda_ordinal));
+    }
     KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
     l.weight_bytes = free_before - m.free_bytes;
   }

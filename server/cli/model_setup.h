@@ -2,6 +2,7 @@
 // the weights under --attention-plan (uploaded to a GPU's memory), and the tokenizer.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,10 +26,20 @@ struct LoadedModel {
   int64_t weight_bytes = 0;  // on a GPU: the device memory the weights took
 };
 
+// Where one rank's model runs (TensorParallelGroup::PlaceModel fills it under tensor parallelism).
+struct ModelPlacement {
+  TensorParallel tp;  // this rank's shard
+  Device device = Device::kCpu;
+  int cuda_ordinal = 0;  // --device cuda: the GPU this rank drives
+  // When set (tensor parallelism on GPUs): makes the model's communicator once the ops exist, as
+  // NCCL orders its collectives on the ops' stream; it replaces tp.comm.
+  std::function<absl::StatusOr<Communicator*>(Ops&)> device_comm;
+};
+
 // `path` is a model folder or a GGUF file; `threads` sizes the CPU backend (0: all cores). Under
 // tensor parallelism the model is this rank's shard, and only the leader (rank 0) loads the
-// tokenizer: a follower only runs the leader's steps. On CUDA, rank r uses device r.
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads, TensorParallel tp = {},
-                                      Device device = Device::kCpu);
+// tokenizer: a follower only runs the leader's steps.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads,
+                                      ModelPlacement placement = {});
 
 }  // namespace kvfold::cli

@@ -150,10 +150,12 @@ int RunServe(const std::vector<std::string>& positional) {
   absl::StatusOr<std::unique_ptr<TensorParallelGroup>> group = TensorParallelGroup::Join(
       "serve", path,
       {"--model=" + path, "--threads=" + std::to_string(absl::GetFlag(FLAGS_threads)),
-       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan)});
+       "--attention-plan=" + absl::GetFlag(FLAGS_attention_plan),
+       "--device=" + absl::GetFlag(FLAGS_device)});
   if (!group.ok()) return Fail(group.status());
   const TensorParallel tp = (*group)->place();
-  absl::StatusOr<LoadedModel> loaded = LoadModel(path, absl::GetFlag(FLAGS_threads), tp, *device);
+  absl::StatusOr<LoadedModel> loaded =
+      LoadModel(path, absl::GetFlag(FLAGS_threads), (*group)->PlaceModel(*device));
   if (!loaded.ok()) return Fail(loaded.status());
   LlamaModel& model = *loaded->model;
   if (tp.rank > 0) {

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <system_error>
@@ -25,6 +26,12 @@
 #include "worker/model_loader.h"
 #include "worker/status_macros.h"
 #include "worker/step_broadcast.h"
+#ifdef KVFOLD_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+#ifdef KVFOLD_HAVE_NCCL
+#include "worker/nccl_communicator.h"
+#endif
 
 extern char** environ;
 
@@ -105,6 +112,8 @@ absl::StatusOr<std::unique_ptr<TensorParallelGroup>> TensorParallelGroup::Join(
   g->size_ = absl::GetFlag(FLAGS_tensor_parallel_size);
   g->rank_ = absl::GetFlag(FLAGS_tp_rank);
   const int timeout = absl::GetFlag(FLAGS_tensor_parallel_timeout);
+  g->nnodes_ = absl::GetFlag(FLAGS_nnodes);
+  g->timeout_seconds_ = timeout;
   if (g->size_ < 1) return absl::InvalidArgumentError("--tensor-parallel-size must be >= 1");
   if (timeout < 1) return absl::InvalidArgumentError("--tensor-parallel-timeout must be >= 1");
   if (absl::GetFlag(FLAGS_nnodes) < 1) return absl::InvalidArgumentError("--nnodes must be >= 1");
@@ -186,10 +195,10 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
     leader_address = absl::StrCat(leader_address, ":", kDefaultClusterPort);
   }
   if (size_ != nnodes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "on CPU each node runs one tensor-parallel rank: --tensor-parallel-size (%d) must equal "
-        "--nnodes (%d)",
-        size_, nnodes));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("each node runs one tensor-parallel rank (on --device cuda, on its GPU 0): "
+                        "--tensor-parallel-size (%d) must equal --nnodes (%d)",
+                        size_, nnodes));
   }
   if (node < 0 || node >= nnodes) {
     return absl::InvalidArgumentError(
@@ -231,7 +240,7 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
       return absl::FailedPreconditionError("the leader's tensor-parallel size differs");
     }
     rank_ = m->rank;
-    timeout = m->timeout_seconds;
+    timeout = timeout_seconds_ = m->timeout_seconds;
     options.store_prefix = m->store_prefix;
     store = m->store;
     step_stream_ = m->steps;
@@ -250,15 +259,88 @@ absl::Status TensorParallelGroup::JoinNodes(const std::string& model_path, int t
   return absl::OkStatus();
 }
 
+ModelPlacement TensorParallelGroup::PlaceModel(Device device) {
+  ModelPlacement placement;
+  placement.tp = place();
+  placement.device = device;
+  placement.cuda_ordinal = local_rank();
+  if (device == Device::kCuda && size_ > 1) {
+    placement.device_comm = [this](Ops& ops) { return ConnectDevice(ops); };
+  }
+  return placement;
+}
+
+absl::StatusOr<Communicator*> TensorParallelGroup::ConnectDevice(Ops& ops) {
+#if defined(KVFOLD_HAVE_NCCL) && defined(KVFOLD_HAVE_CUDA)
+  // [0] is 1 when rank 0 made an id (else the followers fail at once instead of timing out in
+  // NCCL), then the id's 128 bytes as 32 floats (gloo's broadcast copies bytes unchanged).
+  constexpr size_t kIdBytes = 128;
+  std::vector<float> message(1 + kIdBytes / sizeof(float), 0.0f);
+  absl::Status made;
+  if (leader()) {
+    absl::StatusOr<NcclId> id = NewNcclId();
+    if (!id.ok()) {
+      made = id.status();
+    } else if (id->bytes.size() != kIdBytes) {
+      made = absl::InternalError(absl::StrCat("an NCCL id of ", id->bytes.size(), " bytes"));
+    } else {
+      message[0] = 1.0f;
+      std::memcpy(&message[1], id->bytes.data(), kIdBytes);
+    }
+  }
+  if (absl::Status s = watched_->Broadcast(message.data(), message.size(), 0); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("sending the NCCL id: ", s.message()));
+  }
+  KVFOLD_RETURN_IF_ERROR(made);
+  if (message[0] != 1.0f) {
+    return absl::UnavailableError("tensor-parallel rank 0 could not make an NCCL id");
+  }
+  NcclOptions options;
+  options.rank = rank_;
+  options.size = size_;
+  options.device = local_rank();
+  options.timeout = std::chrono::seconds(timeout_seconds_);
+  options.stream = CudaOpsStream(ops);
+  absl::StatusOr<std::unique_ptr<NcclCommunicator>> nccl = NcclCommunicator::Create(
+      options, {std::string(reinterpret_cast<const char*>(&message[1]), kIdBytes)});
+  if (!nccl.ok()) {
+    return absl::Status(nccl.status().code(),
+                        absl::StrCat("joining NCCL (rank ", rank_, " of ", size_, ", GPU ",
+                                     local_rank(), "): ", nccl.status().message()));
+  }
+  nccl_ = *std::move(nccl);
+  device_watched_ = std::make_unique<WatchedCommunicator>(*nccl_);
+  model_on_nccl_ = true;
+  return device_watched_.get();
+#else
+  (void)ops;
+  return absl::FailedPreconditionError(
+      "--device cuda with --tensor-parallel-size > 1 needs NCCL: this kvfold was built without "
+      "it");
+#endif
+}
+
 absl::Status TensorParallelGroup::Follow(LlamaModel& model, Ops& ops) {
   if (step_stream_ == nullptr) {
     BroadcastStepSource broadcast(*comm());
-    return FollowSteps(model, ops, broadcast);
+    KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, broadcast));
+  } else {
+    KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, *step_stream_));
+    // Tells the leader this rank has read the finish marker (Finish waits for it), so the
+    // leader's exit cannot cut the stream short.
+    KVFOLD_RETURN_IF_ERROR(comm()->Barrier());
   }
-  KVFOLD_RETURN_IF_ERROR(FollowSteps(model, ops, *step_stream_));
-  // Tells the leader this rank has read the finish marker (Finish waits for it), so the leader's
-  // exit cannot cut the stream short.
-  return comm()->Barrier();
+  finished_ = true;
+  CloseDevice();
+  return absl::OkStatus();
+}
+
+void TensorParallelGroup::CloseDevice() {
+  // Every rank gets here at the same point (just past the finish marker), so a teardown that
+  // waits on its peers (ncclCommDestroy may) finds them all in it, and the leader then waits for
+  // its followers' exit with nothing of NCCL's pending.
+  device_watched_.reset();
+  nccl_.reset();
 }
 
 void TensorParallelGroup::OnFailure(std::function<void(const absl::Status&)> on_failure) {
@@ -269,6 +351,7 @@ void TensorParallelGroup::OnFailure(std::function<void(const absl::Status&)> on_
     if (!reported->exchange(true)) on_failure(s);
   };
   watched_->SetOnFailure(on_failure_);
+  if (device_watched_ != nullptr) device_watched_->SetOnFailure(on_failure_);
   if (cluster_ != nullptr) cluster_->steps().SetOnFailure(on_failure_);
   std::lock_guard<std::mutex> lock(followers_mu_);
   if (!followers_.empty() && !watcher_.joinable()) {
@@ -306,6 +389,7 @@ absl::Status TensorParallelGroup::Finish() {
   absl::Status status = steps_->Finish();
   // Several nodes: wait until every follower has read the finish marker (Follow).
   if (status.ok() && cluster_ != nullptr) status = comm()->Barrier();
+  if (status.ok()) CloseDevice();  // where the followers close theirs (Follow)
   std::lock_guard<std::mutex> lock(followers_mu_);
   for (pid_t& pid : followers_) {
     int wstatus = 0;
@@ -316,13 +400,16 @@ absl::Status TensorParallelGroup::Finish() {
       pid = 0;
     }
   }
+  finished_ = status.ok();
   return status;
 }
 
 std::string TensorParallelGroup::StatsLine() const {
   if (size_ == 1) return "";
   const CommunicatorStats s = gloo_->stats();
-  std::string line = absl::StrFormat("tp: rank %d of %d:", rank_, size_);
+  // On GPUs the gloo group carries the steps only; the model's collectives (NCCL) are not timed.
+  std::string line = absl::StrFormat("tp: rank %d of %d%s:", rank_, size_,
+                                     model_on_nccl_ ? " (gloo, steps; NCCL collectives)" : "");
   const auto add = [&line](const char* name, const CollectiveStats& c, bool last) {
     absl::StrAppendFormat(&line, " %d %s in %.3f s (%.3f ms each)%s", c.calls, name, c.seconds,
                           c.calls > 0 ? 1e3 * c.seconds / c.calls : 0.0, last ? "" : ",");
@@ -353,6 +440,12 @@ TensorParallelGroup::~TensorParallelGroup() {
   EndFollowers();
   steps_ = nullptr;
   broadcast_steps_.reset();
+#ifdef KVFOLD_HAVE_NCCL
+  // After a failure a peer may be gone: abort NCCL rather than wait for it in ncclCommDestroy.
+  if (nccl_ != nullptr && !finished_) static_cast<NcclCommunicator*>(nccl_.get())->Abort();
+#endif
+  device_watched_.reset();
+  nccl_.reset();
   watched_.reset();
   gloo_.reset();
   cluster_.reset();

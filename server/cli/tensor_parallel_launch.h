@@ -17,6 +17,11 @@
 // (worker/step_broadcast.h) and over the leader's gRPC Cluster.Steps stream across nodes
 // (server/cluster/step_publisher.h); only the collectives use the communicator there.
 //
+// GPUs (--device cuda): one rank per GPU, GPU = the rank's index on its node (one node: its rank;
+// several nodes: one rank and GPU 0 per node). The ranks still meet and exchange steps over gloo as
+// above; the model's collectives go over NCCL (worker/nccl_communicator.h), ordered on the CUDA
+// ops' stream, its unique id broadcast from rank 0 over the gloo group (PlaceModel).
+//
 // Failure: a follower that dies or stops answering fails the leader's next collective within
 // --tensor-parallel-timeout; a follower process that exits (one node) or whose step stream breaks
 // (several nodes) is seen at once. OnFailure hears of it. The leader then reports the error, ends
@@ -37,6 +42,8 @@
 #include "absl/flags/declare.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/cli/device_setup.h"
+#include "server/cli/model_setup.h"
 #include "server/cli/tensor_parallel_flags.h"
 #include "worker/gloo_communicator.h"
 #include "worker/llama_model.h"
@@ -66,9 +73,18 @@ class TensorParallelGroup {
       const std::vector<std::string>& follower_flags);
   ~TensorParallelGroup();
 
+  // This rank's shard; its communicator is the gloo group's (on GPUs the model's is NCCL's).
   TensorParallel place() const { return {rank_, size_, comm()}; }
   bool leader() const { return rank_ == 0; }
+  // The gloo group: the steps on one node, and the model's collectives on the CPU.
   Communicator* comm() const { return watched_.get(); }
+  // This rank's index on its node, the GPU it drives on --device cuda.
+  int local_rank() const { return nnodes_ > 1 ? 0 : rank_; }
+
+  // Where LoadModel puts this rank's model on `device`: place(), GPU local_rank(), and on a GPU
+  // with size > 1 the NCCL communicator made once the ops exist. Every rank loads its model (so
+  // joins NCCL) in the same order relative to the steps: after Join, before Follow or steps().
+  ModelPlacement PlaceModel(Device device);
 
   // Leader (size > 1): where the model sends each forward step before running it.
   StepSink& steps() const { return *steps_; }
@@ -82,7 +98,7 @@ class TensorParallelGroup {
   void OnFailure(std::function<void(const absl::Status&)> on_failure);
 
   // Leader: stops the followers and waits for them; an error if one failed. Nothing else may use
-  // the communicator meanwhile or afterwards.
+  // the communicators (the model's included) meanwhile or afterwards.
   absl::Status Finish();
 
   // Leader, after a failure: ends the followers it started (no stop message: the communicator is
@@ -95,14 +111,26 @@ class TensorParallelGroup {
  private:
   TensorParallelGroup() = default;
   absl::Status JoinNodes(const std::string& model_path, int timeout);
+  // NCCL on GPU local_rank() ordered on `ops`' stream; rank 0's unique id travels over gloo.
+  absl::StatusOr<Communicator*> ConnectDevice(Ops& ops);
+  // After the finish marker (leader and followers alike): destroys NCCL; the model must not run a
+  // collective afterwards.
+  void CloseDevice();
   void WatchFollowers();
   void StopWatching();
   void EndFollowers();
 
   int rank_ = 0;
   int size_ = 1;
+  int nnodes_ = 1;
+  int timeout_seconds_ = 30;
   std::unique_ptr<GlooCommunicator> gloo_;
   std::unique_ptr<WatchedCommunicator> watched_;
+  // GPUs: the model's NCCL communicator (an NcclCommunicator) and its watched wrapper.
+  std::unique_ptr<Communicator> nccl_;
+  std::unique_ptr<WatchedCommunicator> device_watched_;
+  bool model_on_nccl_ = false;
+  bool finished_ = false;  // Finish or Follow returned OK: NCCL may be destroyed, not aborted
   std::unique_ptr<cluster::ClusterLeader> cluster_;  // multi-node leader only
   std::unique_ptr<StepSink> broadcast_steps_;        // single-node leader only
   StepSink* steps_ = nullptr;                        // leader: broadcast_steps_ or cluster_'s

@@ -73,14 +73,7 @@ TEST(DeviceCliTest, CudaWithoutAUsableGpuIsAOneLineError) {
   }
 }
 
-TEST(DeviceCliTest, CudaTensorParallelismIsRefusedUpFront) {
-  CliResult r = RunKvfold({"generate", "--model", Stories(), "--device", "cuda",
-                           "--tensor-parallel-size", "2", "--max-tokens", "4"});
-  ASSERT_TRUE(r.exited);
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_EQ(Lines(r.err), 1) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("tensor parallelism over GPUs"));
-}
+// --device cuda with --tensor-parallel-size > 1: tensor_parallel_cuda_cli_test.cc.
 
 TEST(DeviceCliTest, CalibrateRefusesCuda) {
   CliResult r = RunKvfold({"calibrate", "--model", Stories(), "--device", "cuda", "--data",

@@ -1,7 +1,8 @@
 // worker/nccl_communicator: real NCCL collectives, one rank per GPU, ranks as threads. One rank
 // always (when a GPU exists); two when two GPUs exist. References are the naive definitions: the
 // rank-order sum ((x0 + x1) + ...), rank-ordered concatenation, root's values. Host and device
-// buffers both. Without a GPU (or without NCCL at build time) every test skips.
+// buffers both, with and without a producer stream. Without a GPU (or without NCCL at build time)
+// every test skips; the two-rank cases skip with fewer than two GPUs.
 #include <unistd.h>
 
 #include <cmath>
@@ -146,6 +147,68 @@ TEST_P(NcclCommunicatorTest, BroadcastCopiesTheRootsValues) {
     ASSERT_TRUE(comm.Barrier().ok());
     EXPECT_FALSE(comm.Broadcast(data.data(), kCount, size).ok());  // root outside the group
   });
+}
+
+// NcclOptions::stream: the input is written on a producer stream behind a queue of slow copies,
+// and the collective is called without synchronising; it must read the written values (NCCL's
+// stream waits on the producer), and work queued on the producer after the call must see the sum
+// (the producer waits on the collective). Each rank drives its own producer stream.
+TEST_P(NcclCommunicatorTest, AllReduceSumOrdersOnTheProducerStream) {
+  const int size = GetParam();
+  const std::vector<float> want = RankOrderSum(size, kCount, 7);
+  absl::StatusOr<NcclId> id = NewNcclId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r) {
+    threads.emplace_back([&, r] {
+      ASSERT_EQ(cudaSetDevice(r), cudaSuccess);
+      cudaStream_t producer = nullptr;
+      ASSERT_EQ(cudaStreamCreateWithFlags(&producer, cudaStreamNonBlocking), cudaSuccess);
+      NcclOptions options;
+      options.rank = r;
+      options.size = size;
+      options.device = r;
+      options.stream = producer;
+      auto comm = NcclCommunicator::Create(options, *id);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+
+      const std::vector<float> input = RankInput(r, kCount, 7);
+      float* pinned = nullptr;
+      ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), kCount * 4), cudaSuccess);
+      std::memcpy(pinned, input.data(), kCount * 4);
+      float* d = nullptr;
+      float* after = nullptr;
+      void* busy = nullptr;
+      constexpr size_t kBusyBytes = size_t{256} << 20;
+      ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), kCount * 4), cudaSuccess);
+      ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&after), kCount * 4), cudaSuccess);
+      ASSERT_EQ(cudaMalloc(&busy, kBusyBytes), cudaSuccess);
+      // NaNs until the producer's copy lands: a collective that ran early would spread them.
+      ASSERT_EQ(cudaMemset(d, 0xFF, kCount * 4), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      for (int i = 0; i < 8; ++i) {
+        ASSERT_EQ(cudaMemsetAsync(busy, i, kBusyBytes, producer), cudaSuccess);
+      }
+      ASSERT_EQ(cudaMemcpyAsync(d, pinned, kCount * 4, cudaMemcpyHostToDevice, producer),
+                cudaSuccess);
+      ASSERT_TRUE((*comm)->AllReduceSum(d, kCount).ok());
+      // Queued on the producer behind the collective: it copies the sum, not the input.
+      ASSERT_EQ(cudaMemcpyAsync(after, d, kCount * 4, cudaMemcpyDeviceToDevice, producer),
+                cudaSuccess);
+      std::vector<float> got(kCount);
+      ASSERT_EQ(cudaMemcpyAsync(got.data(), after, kCount * 4, cudaMemcpyDeviceToHost, producer),
+                cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(producer), cudaSuccess);
+      ExpectBits(got, want);
+      comm->reset();
+      cudaFree(busy);
+      cudaFree(after);
+      cudaFree(d);
+      cudaFreeHost(pinned);
+      cudaStreamDestroy(producer);
+    });
+  }
+  for (std::thread& t : threads) t.join();
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, NcclCommunicatorTest, ::testing::Values(1, 2),
