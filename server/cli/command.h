@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "server/cli/default_model.h"
+
 namespace kvfold::cli {
 
 struct Command {
@@ -19,16 +21,5 @@ const std::vector<Command>& Commands();
 
 // Runs `kvfold` with argv; returns the process exit code.
 int Main(int argc, char** argv);
-
-// The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), as scripts/setup.sh fetches it.
-inline constexpr char kDefaultModelName[] = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-// Where the default model lives: $KVFOLD_CACHE_DIR/<kDefaultModelName>, else
-// ~/.cache/kvfold/<kDefaultModelName>.
-std::string DefaultModelFile();
-
-// The model every command uses when --model is not given: DefaultModelFile() when it exists,
-// else the bundled stories260K (KVFOLD_FALLBACK_MODEL), with a one-line notice on stderr.
-std::string DefaultModelPath();
 
 }  // namespace kvfold::cli

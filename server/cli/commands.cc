@@ -1,8 +1,3 @@
-#include <cstdlib>
-#include <filesystem>
-#include <iostream>
-#include <system_error>
-
 #include "server/cli/command.h"
 
 namespace kvfold::cli {
@@ -35,24 +30,6 @@ const std::vector<Command>& Commands() {
        "calibrate_command.cc", &RunCalibrate},
   };
   return *commands;
-}
-
-std::string DefaultModelFile() {
-  const char* cache = std::getenv("KVFOLD_CACHE_DIR");
-  const char* home = std::getenv("HOME");
-  std::string dir = cache != nullptr && *cache != '\0' ? cache
-                    : home != nullptr                  ? std::string(home) + "/.cache/kvfold"
-                                                       : ".cache/kvfold";
-  return dir + "/" + kDefaultModelName;
-}
-
-std::string DefaultModelPath() {
-  const std::string gguf = DefaultModelFile();
-  std::error_code ec;
-  if (std::filesystem::is_regular_file(gguf, ec)) return gguf;
-  std::cerr << "kvfold: " << gguf << " is absent (scripts/setup.sh fetches it); using "
-            << KVFOLD_FALLBACK_MODEL << "\n";
-  return KVFOLD_FALLBACK_MODEL;
 }
 
 }  // namespace kvfold::cli
