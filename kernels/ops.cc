@@ -27,4 +27,12 @@ size_t RowBytes(DType t, int64_t cols) {
   return static_cast<size_t>(cols) * DTypeSize(t);
 }
 
+void Ops::RopeWriteKv(TensorView q, int num_q_heads, TensorView k, const TensorView& v,
+                      int head_dim, absl::Span<const int32_t> positions, const RopeTable& table,
+                      const AttentionBatch& batch, const KvCacheLayer& cache) {
+  Rope(q, num_q_heads, head_dim, positions, table);
+  if (cache.num_k_heads > 0) Rope(k, cache.num_k_heads, head_dim, positions, table);
+  WriteKv(k, v, batch, cache);
+}
+
 }  // namespace kvfold

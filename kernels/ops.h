@@ -26,6 +26,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "glog/logging.h"
 
@@ -184,8 +185,14 @@ class Ops {
   virtual Device device() const = 0;
   virtual std::string_view name() const = 0;
 
-  // A zero-initialised activation buffer on this backend's device.
+  // A zero-initialised activation buffer on this backend's device. CHECK-fails when the device
+  // is out of memory.
   virtual Tensor Allocate(DType dtype, int64_t rows, int64_t cols) = 0;
+  // The same, for allocations that may not fit (weights, the KV pool): out of device memory is
+  // RESOURCE_EXHAUSTED naming the bytes wanted and free, and the backend stays usable.
+  virtual absl::StatusOr<Tensor> TryAllocate(DType dtype, int64_t rows, int64_t cols) {
+    return Allocate(dtype, rows, cols);
+  }
   // Copies host bytes into `dst` (same shape and dtype), and back.
   virtual void CopyFromHost(const void* src, TensorView dst) = 0;
   virtual void CopyToHost(const TensorView& src, void* dst) = 0;
@@ -209,6 +216,14 @@ class Ops {
   // step graph's batch (below) store no K/V.
   virtual void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                        const KvCacheLayer& cache) = 0;
+  // Rope(q, num_q_heads), Rope(k, cache.num_k_heads) and WriteKv(k, v) in one call, with the same
+  // bits: q and k are rotated in place (k stays rotated for the caller) and the rotated k and v
+  // are written to the cache. A layer without K (cache.num_k_heads == 0) rotates only q. The
+  // default makes the three calls; a backend may fuse them (CUDA: one kernel).
+  virtual void RopeWriteKv(TensorView q, int num_q_heads, TensorView k, const TensorView& v,
+                           int head_dim, absl::Span<const int32_t> positions,
+                           const RopeTable& table, const AttentionBatch& batch,
+                           const KvCacheLayer& cache);
   // The paged-attention kernel family (attention plans: ../shared/ATTENTION.md). For each query
   // row and output head h of sequence s, with (sh, kh, vh) = heads' entries for (s, h):
   //   P = softmax(scale * q[row, head sh] · K_k_layer[head kh]ᵀ) over positions [0, row's position]

@@ -1,5 +1,12 @@
 #include "worker/kv_cache.h"
 
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "worker/status_macros.h"
+
 namespace kvfold {
 
 std::vector<KvLayerShape> KvLayerShapes(const ModelConfig& config) {
@@ -46,21 +53,51 @@ KvCache::KvCache(Ops& ops, const ModelConfig& config, int32_t num_blocks, int32_
 
 KvCache::KvCache(Ops& ops, std::vector<KvLayerShape> shapes, int32_t num_blocks, int32_t block_size,
                  DType dtype)
-    : num_blocks_(num_blocks), block_size_(block_size), dtype_(dtype), shapes_(std::move(shapes)) {
-  CHECK_GT(num_blocks, 0);
-  CHECK_GT(block_size, 0);
-  CHECK(dtype == DType::kF32 || dtype == DType::kBF16)
-      << "KV cache dtype " << DTypeName(dtype) << " is not F32 or BF16";
-  const int64_t slots = static_cast<int64_t>(num_blocks) * block_size;
+    : KvCache(std::move(shapes), num_blocks, block_size, dtype) {
+  const absl::Status allocated = Allocate(ops);
+  CHECK(allocated.ok()) << allocated;
+}
+
+absl::StatusOr<KvCache> KvCache::Create(Ops& ops, std::vector<KvLayerShape> shapes,
+                                        int32_t num_blocks, int32_t block_size, DType dtype) {
+  KvCache cache(std::move(shapes), num_blocks, block_size, dtype);
+  KVFOLD_RETURN_IF_ERROR(cache.Allocate(ops));
+  return cache;
+}
+
+absl::Status KvCache::Allocate(Ops& ops) {
+  if (num_blocks_ <= 0 || block_size_ <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache of ", num_blocks_, " blocks of ", block_size_, " tokens"));
+  }
+  if (dtype_ != DType::kF32 && dtype_ != DType::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache dtype ", std::string(DTypeName(dtype_)), " is not F32 or BF16"));
+  }
+  const int64_t slots = static_cast<int64_t>(num_blocks_) * block_size_;
+  for (const KvLayerShape& s : shapes_) {
+    if (s.k_heads < 0 || s.v_heads < 0 || s.head_dim <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("KV cache layer of ", s.k_heads, " K and ",
+                                                     s.v_heads, " V heads of ", s.head_dim));
+    }
+  }
+  const size_t pool_bytes = KvBytesPerToken(shapes_, dtype_) * static_cast<size_t>(slots);
   // An array a layer does not store stays an empty tensor.
-  auto allocate = [&](int heads, int head_dim) {
-    return heads == 0 ? Tensor() : ops.Allocate(dtype, slots, int64_t{heads} * head_dim);
+  auto allocate = [&](int heads, int head_dim) -> absl::StatusOr<Tensor> {
+    if (heads == 0) return Tensor();
+    absl::StatusOr<Tensor> array = ops.TryAllocate(dtype_, slots, int64_t{heads} * head_dim);
+    if (array.ok()) return array;
+    return absl::Status(array.status().code(),
+                        absl::StrCat("KV cache of ", num_blocks_, " blocks (", pool_bytes,
+                                     " bytes in all): ", array.status().message()));
   };
   for (const KvLayerShape& s : shapes_) {
-    CHECK(s.k_heads >= 0 && s.v_heads >= 0 && s.head_dim > 0);
-    k_.push_back(allocate(s.k_heads, s.head_dim));
-    v_.push_back(allocate(s.v_heads, s.head_dim));
+    KVFOLD_ASSIGN_OR_RETURN(Tensor k, allocate(s.k_heads, s.head_dim));
+    KVFOLD_ASSIGN_OR_RETURN(Tensor v, allocate(s.v_heads, s.head_dim));
+    k_.push_back(std::move(k));
+    v_.push_back(std::move(v));
   }
+  return absl::OkStatus();
 }
 
 KvCacheLayer KvCache::layer(int index) const {

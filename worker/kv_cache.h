@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/ops.h"
 #include "worker/attention_plan.h"
@@ -34,8 +35,14 @@ size_t KvBytesPerToken(absl::Span<const KvLayerShape> layers, DType dtype);
 
 class KvCache {
  public:
-  // num_blocks blocks of block_size tokens for every layer of `config`, on `ops`'s device, with
-  // K/V stored as `dtype` (F32 or BF16).
+  // num_blocks blocks of block_size tokens for each layer shaped by `shapes`, on `ops`'s device,
+  // with K/V stored as `dtype` (F32 or BF16). A pool the device cannot hold is RESOURCE_EXHAUSTED
+  // (naming the bytes wanted and free); bad arguments are INVALID_ARGUMENT.
+  static absl::StatusOr<KvCache> Create(Ops& ops, std::vector<KvLayerShape> shapes,
+                                        int32_t num_blocks, int32_t block_size,
+                                        DType dtype = DType::kF32);
+  // The constructors CHECK-fail where Create returns an error (tests, tools with known sizes).
+  // num_blocks blocks of block_size tokens for every layer of `config`.
   KvCache(Ops& ops, const ModelConfig& config, int32_t num_blocks, int32_t block_size,
           DType dtype = DType::kF32);
   // The same with each layer shaped by `shapes` (KvLayerShapes(config, plan)). A layer storing
@@ -54,6 +61,14 @@ class KvCache {
   static size_t BytesPerToken(const ModelConfig& config, const AttentionPlan& plan, DType dtype);
 
  private:
+  KvCache(std::vector<KvLayerShape> shapes, int32_t num_blocks, int32_t block_size, DType dtype)
+      : num_blocks_(num_blocks),
+        block_size_(block_size),
+        dtype_(dtype),
+        shapes_(std::move(shapes)) {}
+  // Checks the arguments and allocates every layer's arrays.
+  absl::Status Allocate(Ops& ops);
+
   int32_t num_blocks_;
   int32_t block_size_;
   DType dtype_;

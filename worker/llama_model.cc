@@ -124,7 +124,7 @@ class WeightPlacer {
     if (!host.ok()) return host.status();
     std::vector<float> values(n);
     cpu::DequantizeRow(host->data, host->dtype, n, values.data());  // any stored dtype
-    Tensor t = ops_.Allocate(DType::kF32, 1, n);
+    KVFOLD_ASSIGN_OR_RETURN(Tensor t, ops_.TryAllocate(DType::kF32, 1, n));
     ops_.CopyFromHost(values.data(), t.view());
     return t;
   }
@@ -134,7 +134,7 @@ class WeightPlacer {
                                   ShardRange shard) {
     absl::StatusOr<TensorView> part = ckpt_.GetRows(name, rows, cols, shard.begin, shard.count);
     if (!part.ok() || ops_.device() == Device::kCpu || shard.count == 0) return part;
-    Tensor t = ops_.Allocate(part->dtype, part->rows, cols);
+    KVFOLD_ASSIGN_OR_RETURN(Tensor t, ops_.TryAllocate(part->dtype, part->rows, cols));
     ops_.CopyFromHost(part->data, t.view());
     owned_.push_back(std::move(t));
     return owned_.back().view();
@@ -164,7 +164,7 @@ class WeightPlacer {
       std::copy(src, src + keep, bytes.data() + r * keep);
     }
     if (ops_.device() == Device::kCpu) {
-      Tensor t = ops_.Allocate(host->dtype, rows, shard.count);
+      KVFOLD_ASSIGN_OR_RETURN(Tensor t, ops_.TryAllocate(host->dtype, rows, shard.count));
       ops_.CopyFromHost(bytes.data(), t.view());
       owned_.push_back(std::move(t));
       return owned_.back().view();
@@ -196,7 +196,9 @@ class WeightPlacer {
       dtype = block->dtype;
     }
     if (ops_.device() == Device::kCpu) {
-      Tensor t = ops_.Allocate(dtype, block_rows * static_cast<int64_t>(blocks.size()), cols);
+      KVFOLD_ASSIGN_OR_RETURN(
+          Tensor t,
+          ops_.TryAllocate(dtype, block_rows * static_cast<int64_t>(blocks.size()), cols));
       ops_.CopyFromHost(bytes.data(), t.view());
       owned_.push_back(std::move(t));
       return owned_.back().view();
@@ -216,7 +218,8 @@ class WeightPlacer {
     for (int32_t b : blocks) {
       picked.insert(picked.end(), values.begin() + b * block, values.begin() + (b + 1) * block);
     }
-    Tensor t = ops_.Allocate(DType::kF32, 1, static_cast<int64_t>(picked.size()));
+    KVFOLD_ASSIGN_OR_RETURN(Tensor t,
+                            ops_.TryAllocate(DType::kF32, 1, static_cast<int64_t>(picked.size())));
     ops_.CopyFromHost(picked.data(), t.view());
     return t;
   }
@@ -229,8 +232,9 @@ class WeightPlacer {
 
  private:
   // A device copy of `host` in DeviceWeightDType (quantized blocks become BF16, device_weights.h).
-  TensorView Upload(const TensorView& host) {
-    Tensor t = ops_.Allocate(DeviceWeightDType(host.dtype), host.rows, host.cols);
+  absl::StatusOr<TensorView> Upload(const TensorView& host) {
+    KVFOLD_ASSIGN_OR_RETURN(Tensor t,
+                            ops_.TryAllocate(DeviceWeightDType(host.dtype), host.rows, host.cols));
     if (IsQuantized(host.dtype)) {
       const std::vector<uint16_t> bf16 = ConvertToBf16(host);
       ops_.CopyFromHost(bf16.data(), t.view());
@@ -358,7 +362,7 @@ absl::Status LlamaModel::LoadWeights() {
     }
     if (p.mode == AttentionMode::kDrop && !p.bias.empty()) {
       // The residual stream is replicated: every rank adds the whole bias to its own copy.
-      l.drop_bias = ops_.Allocate(DType::kF32, 1, d);
+      KVFOLD_ASSIGN_OR_RETURN(l.drop_bias, ops_.TryAllocate(DType::kF32, 1, d));
       ops_.CopyFromHost(p.bias.data(), l.drop_bias.view());
     }
     KVFOLD_ASSIGN_OR_RETURN(l.post_attention_norm,
@@ -375,7 +379,8 @@ absl::Status LlamaModel::LoadWeights() {
   }
 
   const std::vector<float> table = RopeCosSinTable(c, c.max_position_embeddings);
-  rope_table_ = ops_.Allocate(DType::kF32, c.max_position_embeddings, c.head_dim);
+  KVFOLD_ASSIGN_OR_RETURN(rope_table_,
+                          ops_.TryAllocate(DType::kF32, c.max_position_embeddings, c.head_dim));
   ops_.CopyFromHost(table.data(), rope_table_.view());
   return absl::OkStatus();
 }
@@ -732,10 +737,10 @@ absl::Status LlamaModel::FullAttention(int index, const ForwardBatch& batch, con
     const TensorView k = w.k.view().Rows(0, n), v = w.v.view().Rows(0, n);
     ops_.MatMul(h, l.wk, OrNull(l.bk), k);
     ops_.MatMul(h, l.wv, OrNull(l.bv), v);
-    ops_.Rope(k, c.num_kv_heads, c.head_dim, batch.positions, rope);
-    ops_.WriteKv(k, v, batch.attention, kv);
+    ops_.RopeWriteKv(q, c.num_heads, k, v, c.head_dim, batch.positions, rope, batch.attention, kv);
+  } else {
+    ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
   }
-  ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
   ops_.FoldedPagedAttention(q, kv, kv, AttentionHeadMap{}, batch.attention, c.num_heads,
                             AttentionScale(), attn, probs ? &*probs : nullptr);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);
@@ -792,9 +797,7 @@ absl::Status LlamaModel::ClusteredAttention(int index, const ForwardBatch& batch
   ops_.MatMul(h, l.wq, OrNull(l.bq), q);
   ops_.MatMul(h, l.wk, OrNull(l.bk), k);
   ops_.MatMul(h, l.wv, OrNull(l.bv), v);
-  ops_.Rope(k, l.heads.stored_k_heads, c.head_dim, batch.positions, rope);
-  ops_.Rope(q, c.num_heads, c.head_dim, batch.positions, rope);
-  ops_.WriteKv(k, v, batch.attention, kv);
+  ops_.RopeWriteKv(q, c.num_heads, k, v, c.head_dim, batch.positions, rope, batch.attention, kv);
   ops_.FoldedPagedAttention(q, kv, kv, HeadMap(l), batch.attention, c.num_heads, AttentionScale(),
                             attn);
   ops_.MatMul(attn, l.wo, OrNull(l.bo), o);

@@ -4,9 +4,6 @@
 // chunks to the tiled prefill kernel (kernels/cuda/kernels.h); both give the same bits.
 #include <algorithm>
 #include <atomic>
-#include <memory>
-#include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include "kernels/attention_heads.h"
@@ -66,19 +63,6 @@ RowSplit SplitRows(const AttentionBatch& batch) {
 
 std::atomic<size_t> max_score_workspace_bytes{size_t{256} << 20};
 
-// The grow-only attention workspace (split-K partials, softmax statistics) of each stream, i.e.
-// of each CudaOps. It lives here rather than in CudaOps (cuda_ops_impl.h belonged to another
-// change); buffers are never freed (one per stream the process ever attends on). A CudaOps member
-// reserved through ReserveScratch would be the tidier home.
-DeviceBuffer& AttentionWorkspace(cudaStream_t stream) {
-  static std::mutex mutex;
-  static auto* buffers = new std::unordered_map<cudaStream_t, std::unique_ptr<DeviceBuffer>>();
-  const std::lock_guard<std::mutex> lock(mutex);
-  std::unique_ptr<DeviceBuffer>& buffer = (*buffers)[stream];
-  if (buffer == nullptr) buffer = std::make_unique<DeviceBuffer>();
-  return *buffer;
-}
-
 }  // namespace
 
 void SetMaxScoreWorkspaceBytes(size_t bytes) { max_score_workspace_bytes = bytes; }
@@ -94,6 +78,55 @@ void CudaOps::WriteKv(const TensorView& k, const TensorView& v, const AttentionB
   LaunchWriteKv(has_k ? k.f32() : nullptr, has_k ? k.cols : 0, v.f32(), v.cols,
                 DeviceArray(batch.slot_mapping), num_rows, cache.v.dtype,
                 has_k ? cache.k.data : nullptr, cache.v.data, stream_);
+}
+
+void CudaOps::RopeWriteKv(TensorView q, int num_q_heads, TensorView k, const TensorView& v,
+                          int head_dim, absl::Span<const int32_t> positions, const RopeTable& table,
+                          const AttentionBatch& batch, const KvCacheLayer& cache) {
+  const auto num_rows = static_cast<int64_t>(positions.size());
+  CHECK(num_q_heads > 0 && head_dim > 0 && head_dim % 2 == 0)
+      << "RopeWriteKv: num_q_heads " << num_q_heads << ", head_dim " << head_dim
+      << " (must be even)";
+  CheckShape(q, DType::kF32, num_rows, int64_t{num_q_heads} * head_dim, "RopeWriteKv q");
+  CHECK_EQ(static_cast<int64_t>(batch.slot_mapping.size()), num_rows)
+      << "RopeWriteKv: one slot per position";
+  CHECK(cache.head_dim == head_dim || (cache.num_k_heads == 0 && cache.num_v_heads == 0))
+      << "RopeWriteKv: head_dim " << head_dim << ", cache's " << cache.head_dim;
+  CheckWriteKv(k, v, batch, cache);
+  const TensorView& cos_sin = table.cos_sin;
+  CheckShape(cos_sin, DType::kF32, cos_sin.rows, head_dim, "RopeWriteKv table");
+  for (const int32_t pos : positions) {
+    CHECK(pos >= 0 && pos < cos_sin.rows)
+        << "RopeWriteKv: position " << pos << " outside the table's [0, " << cos_sin.rows << ")";
+  }
+  if (num_rows == 0) return;
+  Activate();
+  // Positions and slots from the step's staged copies (so a step graph replays the next step's);
+  // whichever was not staged goes up in one pack: two Uploads would share one scratch.
+  const int32_t* device_positions = staging_.Find(positions);
+  const int64_t* device_slots = staging_.Find(batch.slot_mapping);
+  if (device_positions == nullptr || device_slots == nullptr) {
+    ArgPack pack;
+    const size_t positions_at = device_positions == nullptr ? pack.Add(positions) : 0;
+    const size_t slots_at = device_slots == nullptr ? pack.Add(batch.slot_mapping) : 0;
+    const char* args = Upload(pack);
+    if (device_positions == nullptr) device_positions = PackedAt<int32_t>(args, positions_at);
+    if (device_slots == nullptr) device_slots = PackedAt<int64_t>(args, slots_at);
+  }
+  RopeWriteKvArgs args;
+  args.q = q.f32();
+  args.k = cache.num_k_heads > 0 ? k.f32() : nullptr;
+  args.v = v.f32();
+  args.v_width = v.cols;
+  args.num_tokens = num_rows;
+  args.num_q_heads = num_q_heads;
+  args.num_k_heads = cache.num_k_heads;
+  args.head_dim = head_dim;
+  args.positions = device_positions;
+  args.table = cos_sin.f32();
+  args.slots = device_slots;
+  LaunchRopeWriteKv(args, cache.v.dtype, cache.num_k_heads > 0 ? cache.k.data : nullptr,
+                    cache.v.data, stream_);
 }
 
 void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
@@ -178,13 +211,11 @@ void CudaOps::FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_la
       static_cast<int32_t>((max_positions + kAttentionPartition - 1) / kAttentionPartition);
   CHECK_LE(groups.max_context, max_positions) << "FoldedPagedAttention: block tables too narrow";
   const bool keep_scores = ScoreWorkspaceBytes(params) <= MaxScoreWorkspaceBytes();
-  DeviceBuffer& workspace = AttentionWorkspace(stream_);
-  void* before = workspace.data();
-  void* data = workspace.Reserve(AttentionWorkspaceBytes(params, keep_scores), stream_);
-  // Step graphs read the workspace they were captured with; a grown (moved) one drops them
-  // (Reserve synchronised the stream before freeing the old buffer).
-  if (before != nullptr && data != before) DropStepGraphs();
-  AssignAttentionWorkspace(data, keep_scores, params);
+  // Step graphs read the workspace they were captured with: it cannot grow during a capture, and
+  // growing drops them.
+  void* workspace =
+      ReserveScratch(attention_workspace_, AttentionWorkspaceBytes(params, keep_scores));
+  AssignAttentionWorkspace(workspace, keep_scores, params);
   LaunchPagedAttention(params, stream_);
 }
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_ops_impl.h"
 #include "kernels/cuda/kernels.h"
@@ -74,12 +75,30 @@ const char* CudaOps::Upload(const ArgPack& pack) {
 }
 
 Tensor CudaOps::Allocate(DType dtype, int64_t rows, int64_t cols) {
+  absl::StatusOr<Tensor> tensor = TryAllocate(dtype, rows, cols);
+  CHECK(tensor.ok()) << tensor.status();
+  return *std::move(tensor);
+}
+
+absl::StatusOr<Tensor> CudaOps::TryAllocate(DType dtype, int64_t rows, int64_t cols) {
   CHECK(rows >= 0 && cols >= 0) << "Allocate: negative shape [" << rows << ", " << cols << "]";
   CHECK(!graphs_.capturing()) << "Allocate during a step graph capture";
   Activate();
   TensorView view{nullptr, dtype, rows, cols};
   if (view.nbytes() == 0) return Tensor(view, &FreeDevice);
-  KVFOLD_CUDA_CHECK(cudaMalloc(&view.data, view.nbytes()));
+  if (const cudaError_t e = cudaMalloc(&view.data, view.nbytes()); e != cudaSuccess) {
+    (void)cudaGetLastError();  // an allocation failure is not sticky: the device stays usable
+    size_t free_bytes = 0, total_bytes = 0;
+    const bool known = cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess;
+    (void)cudaGetLastError();
+    const std::string what = absl::StrCat("CUDA device ", device_ordinal_, ": cannot allocate ",
+                                          view.nbytes(), " bytes (", std::string(DTypeName(dtype)),
+                                          " [", rows, ", ", cols, "]): ", cudaGetErrorString(e));
+    const std::string free =
+        known ? absl::StrCat("; ", free_bytes, " of ", total_bytes, " bytes free") : "";
+    if (e == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(what + free);
+    return absl::InternalError(what + free);
+  }
   // Zeroed in stream order: every later op on this object sees the zeros.
   KVFOLD_CUDA_CHECK(cudaMemsetAsync(view.data, 0, view.nbytes(), stream_));
   return Tensor(view, &FreeDevice);

@@ -36,6 +36,7 @@ class CudaOps final : public Ops {
   std::string_view name() const override { return "cuda"; }
 
   Tensor Allocate(DType dtype, int64_t rows, int64_t cols) override;
+  absl::StatusOr<Tensor> TryAllocate(DType dtype, int64_t rows, int64_t cols) override;
   void CopyFromHost(const void* src, TensorView dst) override;
   void CopyToHost(const TensorView& src, void* dst) override;
 
@@ -48,6 +49,9 @@ class CudaOps final : public Ops {
             const RopeTable& table) override;
   void WriteKv(const TensorView& k, const TensorView& v, const AttentionBatch& batch,
                const KvCacheLayer& cache) override;
+  void RopeWriteKv(TensorView q, int num_q_heads, TensorView k, const TensorView& v, int head_dim,
+                   absl::Span<const int32_t> positions, const RopeTable& table,
+                   const AttentionBatch& batch, const KvCacheLayer& cache) override;
   void FoldedPagedAttention(const TensorView& q, const KvCacheLayer& k_layer,
                             const KvCacheLayer& v_layer, const AttentionHeadMap& heads,
                             const AttentionBatch& batch, int num_heads, float scale, TensorView out,
@@ -88,7 +92,8 @@ class CudaOps final : public Ops {
   // through the constant cache) and returns true; false when `batch` was not staged.
   bool UseStagedAttentionArgs(const AttentionBatch& batch, const AttentionHeadGroups& groups,
                               PagedAttentionParams& params);
-  // Reserves a matmul scratch; a grown (moved) buffer drops the step graphs that read the old one.
+  // Reserves a matmul or attention scratch; a grown (moved) buffer drops the step graphs that read
+  // the old one.
   void* ReserveScratch(DeviceBuffer& buffer, size_t bytes);
 
   int device_ordinal_;
@@ -98,6 +103,8 @@ class CudaOps final : public Ops {
   DeviceBuffer matmul_input_;
   DeviceBuffer matmul_output_;
   DeviceBuffer cublas_workspace_;  // cuBLAS allocates nothing itself, so GEMMs can be captured
+  // FoldedPagedAttention's split-K partials and softmax statistics (grown through ReserveScratch).
+  DeviceBuffer attention_workspace_;
   StepStaging staging_;
   ConstantStaging constants_;
   StepGraphs graphs_;

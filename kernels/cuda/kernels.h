@@ -36,6 +36,23 @@ void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const
 void LaunchWriteKv(const float* k, int64_t k_width, const float* v, int64_t v_width,
                    const int64_t* slots, int64_t num_rows, DType cache_dtype, void* k_cache,
                    void* v_cache, cudaStream_t stream);
+// Rope of q and k and the K/V write of each token in one kernel (Ops::RopeWriteKv): the bits of
+// LaunchRope on q, LaunchRope on k and LaunchWriteKv. A layer without K has num_k_heads 0.
+struct RopeWriteKvArgs {
+  float* q = nullptr;        // [num_tokens, num_q_heads * head_dim], rotated in place
+  float* k = nullptr;        // [num_tokens, num_k_heads * head_dim], rotated in place
+  const float* v = nullptr;  // [num_tokens, v_width]
+  int64_t v_width = 0;
+  int64_t num_tokens = 0;
+  int num_q_heads = 0;
+  int num_k_heads = 0;
+  int head_dim = 0;
+  const int32_t* positions = nullptr;  // [num_tokens]
+  const float* table = nullptr;        // [max_positions, head_dim]: cos, then sin
+  const int64_t* slots = nullptr;      // [num_tokens]; negative: the row stores nothing
+};
+void LaunchRopeWriteKv(const RopeWriteKvArgs& args, DType cache_dtype, void* k_cache, void* v_cache,
+                       cudaStream_t stream);
 
 // Everything one folded paged-attention call reads (FoldedPagedAttention in ops.h; the head
 // groups are AttentionHeadGroups' arrays, uploaded). Query row r belongs to sequence row_seq[r]

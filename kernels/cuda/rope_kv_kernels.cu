@@ -9,24 +9,33 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
-// One block per token; each thread rotates pairs (i, i + head_dim / 2) of every head.
+// Rotates the pair (a, b) = (h[i], h[i + half]) by one angle. Each product and sum is rounded on
+// its own (the __f*_rn intrinsics are never contracted into FMAs), as the CPU backend computes it,
+// so RopeKernel and RopeWriteKvKernel give the same bits, and those of the CPU.
+__device__ __forceinline__ float2 Rotate(float a, float b, float cos, float sin) {
+  return {__fsub_rn(__fmul_rn(a, cos), __fmul_rn(b, sin)),
+          __fadd_rn(__fmul_rn(b, cos), __fmul_rn(a, sin))};
+}
+
+// Rotates the num_heads heads of one token's row in place; thread t takes pairs t, t + blockDim.
+__device__ __forceinline__ void RotateRow(float* row, int num_heads, int head_dim,
+                                          const float* cos_sin) {
+  const int half = head_dim / 2;
+  for (int p = threadIdx.x; p < num_heads * half; p += blockDim.x) {
+    float* h = row + (p / half) * head_dim;
+    const int i = p % half;
+    const float2 r = Rotate(h[i], h[i + half], cos_sin[i], cos_sin[half + i]);
+    h[i] = r.x;
+    h[i + half] = r.y;
+  }
+}
+
+// One block per token.
 __global__ void RopeKernel(float* x, int num_heads, int head_dim, const int32_t* positions,
                            const float* table) {
-  const int half = head_dim / 2;
   const int64_t token = blockIdx.x;
-  float* row = x + token * num_heads * head_dim;
-  const float* cos_sin = table + static_cast<int64_t>(positions[token]) * head_dim;
-  for (int p = threadIdx.x; p < num_heads * half; p += blockDim.x) {
-    const int head = p / half;
-    const int i = p % half;
-    float* h = row + head * head_dim;
-    const float cos = cos_sin[i];
-    const float sin = cos_sin[half + i];
-    const float a = h[i];
-    const float b = h[i + half];
-    h[i] = a * cos - b * sin;
-    h[i + half] = b * cos + a * sin;
-  }
+  RotateRow(x + token * num_heads * head_dim, num_heads, head_dim,
+            table + static_cast<int64_t>(positions[token]) * head_dim);
 }
 
 __device__ __forceinline__ void StoreAs(float x, float* dst) { *dst = x; }
@@ -51,7 +60,48 @@ __global__ void WriteKvKernel(const float* k, int64_t k_width, const float* v, i
   }
 }
 
+// RopeKernel on q and k, then WriteKvKernel, for one token per block: the rotated k pairs go to
+// the k buffer and, unless the slot is negative, to the cache; v goes to the cache.
+template <typename T>
+__global__ void RopeWriteKvKernel(RopeWriteKvArgs args, T* k_cache, T* v_cache) {
+  const int64_t token = blockIdx.x;
+  const int head_dim = args.head_dim, half = head_dim / 2;
+  const float* cos_sin = args.table + static_cast<int64_t>(args.positions[token]) * head_dim;
+  RotateRow(args.q + token * args.num_q_heads * head_dim, args.num_q_heads, head_dim, cos_sin);
+  const int64_t slot = args.slots[token];
+  const int64_t k_width = int64_t{args.num_k_heads} * head_dim;
+  float* k_row = args.k + token * k_width;
+  for (int p = threadIdx.x; p < args.num_k_heads * half; p += blockDim.x) {
+    const int64_t c = int64_t{p / half} * head_dim + p % half;
+    const float2 r = Rotate(k_row[c], k_row[c + half], cos_sin[p % half], cos_sin[half + p % half]);
+    k_row[c] = r.x;
+    k_row[c + half] = r.y;
+    if (slot >= 0) {
+      StoreAs(r.x, k_cache + slot * k_width + c);
+      StoreAs(r.y, k_cache + slot * k_width + c + half);
+    }
+  }
+  if (slot < 0) return;  // a padding row of a step graph's batch stores nothing
+  for (int64_t c = threadIdx.x; c < args.v_width; c += blockDim.x) {
+    StoreAs(args.v[token * args.v_width + c], v_cache + slot * args.v_width + c);
+  }
+}
+
 }  // namespace
+
+void LaunchRopeWriteKv(const RopeWriteKvArgs& args, DType cache_dtype, void* k_cache, void* v_cache,
+                       cudaStream_t stream) {
+  if (args.num_tokens == 0) return;
+  const auto grid = static_cast<unsigned int>(args.num_tokens);
+  if (cache_dtype == DType::kBF16) {
+    RopeWriteKvKernel<<<grid, kRowThreads, 0, stream>>>(args, static_cast<__nv_bfloat16*>(k_cache),
+                                                        static_cast<__nv_bfloat16*>(v_cache));
+  } else {
+    RopeWriteKvKernel<<<grid, kRowThreads, 0, stream>>>(args, static_cast<float*>(k_cache),
+                                                        static_cast<float*>(v_cache));
+  }
+  KVFOLD_CUDA_CHECK_LAUNCH();
+}
 
 void LaunchRope(float* x, int64_t num_tokens, int num_heads, int head_dim, const int32_t* positions,
                 const float* table, cudaStream_t stream) {

@@ -63,11 +63,17 @@ namespace {
 // Device scratch grown to the largest batch seen; one stream of its own.
 class CudaSampler final : public DeviceSampler {
  public:
-  CudaSampler(int device_ordinal, cudaStream_t stream)
-      : device_ordinal_(device_ordinal), stream_(stream) {}
+  // `logits_ready` (may be null) is an event recorded on `wait_stream` before each call.
+  CudaSampler(int device_ordinal, cudaStream_t stream, cudaStream_t wait_stream,
+              cudaEvent_t logits_ready)
+      : device_ordinal_(device_ordinal),
+        stream_(stream),
+        wait_stream_(wait_stream),
+        logits_ready_(logits_ready) {}
   ~CudaSampler() override {
     KVFOLD_CUDA_CHECK(cudaSetDevice(device_ordinal_));
     KVFOLD_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (logits_ready_ != nullptr) KVFOLD_CUDA_CHECK(cudaEventDestroy(logits_ready_));
     KVFOLD_CUDA_CHECK(cudaStreamDestroy(stream_));
   }
 
@@ -77,15 +83,22 @@ class CudaSampler final : public DeviceSampler {
                               absl::Span<const int32_t> rows, float* host) override;
 
  private:
-  // The logits come from another stream (the Ops object's, which the op interface does not
-  // expose): wait for everything queued on the device.
-  void WaitForDevice() const {
+  // The logits come from another stream. With the stream that writes them, this stream waits (on
+  // the device) for the work queued there so far; without, the host waits for the whole device.
+  void WaitForLogits() const {
     KVFOLD_CUDA_CHECK(cudaSetDevice(device_ordinal_));
-    KVFOLD_CUDA_CHECK(cudaDeviceSynchronize());
+    if (wait_stream_ == nullptr) {
+      KVFOLD_CUDA_CHECK(cudaDeviceSynchronize());
+      return;
+    }
+    KVFOLD_CUDA_CHECK(cudaEventRecord(logits_ready_, wait_stream_));
+    KVFOLD_CUDA_CHECK(cudaStreamWaitEvent(stream_, logits_ready_, 0));
   }
 
   int device_ordinal_;
   cudaStream_t stream_;
+  cudaStream_t wait_stream_;
+  cudaEvent_t logits_ready_;
   DeviceBuffer args_, processed_, probs_, keys_in_, keys_out_, ids_in_, ids_out_, sort_temp_,
       tokens_;
 };
@@ -98,7 +111,7 @@ absl::Status CudaSampler::Sample(const float* logits, int64_t num_logit_rows, in
   }
   const auto num_rows = static_cast<int32_t>(batch.rows.size());
   if (num_rows == 0) return absl::OkStatus();
-  WaitForDevice();
+  WaitForLogits();
 
   SamplingLaunch l;
   l.logits = logits;
@@ -166,7 +179,7 @@ absl::Status CudaSampler::CopyRowsToHost(const float* logits, int64_t num_logit_
     }
   }
   if (rows.empty()) return absl::OkStatus();
-  WaitForDevice();
+  WaitForLogits();
   const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(float);
   for (size_t i = 0; i < rows.size(); ++i) {
     KVFOLD_CUDA_CHECK(cudaMemcpyAsync(host + i * vocab, logits + int64_t{rows[i]} * vocab,
@@ -179,7 +192,8 @@ absl::Status CudaSampler::CopyRowsToHost(const float* logits, int64_t num_logit_
 }  // namespace
 }  // namespace cuda
 
-absl::StatusOr<std::unique_ptr<DeviceSampler>> NewCudaSampler(int device_ordinal) {
+absl::StatusOr<std::unique_ptr<DeviceSampler>> NewCudaSampler(int device_ordinal,
+                                                              void* wait_stream) {
   int count = 0;
   if (const cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess || count == 0) {
     (void)cudaGetLastError();
@@ -197,7 +211,16 @@ absl::StatusOr<std::unique_ptr<DeviceSampler>> NewCudaSampler(int device_ordinal
       e != cudaSuccess) {
     return absl::UnavailableError(std::string("cudaStreamCreate: ") + cudaGetErrorString(e));
   }
-  return std::make_unique<cuda::CudaSampler>(device_ordinal, stream);
+  cudaEvent_t logits_ready = nullptr;
+  if (wait_stream != nullptr) {
+    if (const cudaError_t e = cudaEventCreateWithFlags(&logits_ready, cudaEventDisableTiming);
+        e != cudaSuccess) {
+      cudaStreamDestroy(stream);
+      return absl::UnavailableError(std::string("cudaEventCreate: ") + cudaGetErrorString(e));
+    }
+  }
+  return std::make_unique<cuda::CudaSampler>(device_ordinal, stream,
+                                             static_cast<cudaStream_t>(wait_stream), logits_ready);
 }
 
 }  // namespace kvfold

@@ -68,8 +68,8 @@ class DeviceSampler {
  public:
   virtual ~DeviceSampler() = default;
   // `logits` is a device array [num_logit_rows, vocab] of F32, possibly written by work queued on
-  // another stream: the call first waits for the device. Returns once `tokens` (one per batch
-  // row) holds the sampled ids.
+  // another stream: the call first waits for that work (NewCudaSampler). Returns once `tokens`
+  // (one per batch row) holds the sampled ids.
   virtual absl::Status Sample(const float* logits, int64_t num_logit_rows, int64_t vocab,
                               const DeviceSamplingBatch& batch, absl::Span<int32_t> tokens) = 0;
   // Copies rows `rows` of `logits` (as above) to `host`, one after another.
@@ -78,6 +78,10 @@ class DeviceSampler {
 };
 
 // A sampler with its own stream on device `device_ordinal` (CUDA builds only: kvfold_kernels_cuda).
-absl::StatusOr<std::unique_ptr<DeviceSampler>> NewCudaSampler(int device_ordinal = 0);
+// `wait_stream` is the cudaStream_t that writes the logits (CudaOpsStream(ops)): each call orders
+// its work after what is queued there, through an event, without blocking the host. Null: each
+// call waits for the whole device (cudaDeviceSynchronize).
+absl::StatusOr<std::unique_ptr<DeviceSampler>> NewCudaSampler(int device_ordinal = 0,
+                                                              void* wait_stream = nullptr);
 
 }  // namespace kvfold

@@ -62,12 +62,13 @@ absl::StatusOr<DeviceMemory> QueryDeviceMemory(int cuda_ordinal) {
 #endif
 }
 
-absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device,
-                                                                   int cuda_ordinal) {
+absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device, int cuda_ordinal,
+                                                                   Ops* ops) {
   if (device == Device::kCpu) return std::unique_ptr<DeviceSampler>();
 #ifdef KVFOLD_HAVE_CUDA
-  return NewCudaSampler(cuda_ordinal);
+  return NewCudaSampler(cuda_ordinal, ops != nullptr ? CudaOpsStream(*ops) : nullptr);
 #else
+  (void)ops;
   return absl::FailedPreconditionError(kNoCudaBuild);
 #endif
 }

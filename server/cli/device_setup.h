@@ -25,9 +25,11 @@ absl::StatusOr<Device> DeviceFromFlags();
 absl::StatusOr<std::unique_ptr<Ops>> CreateOps(Device device, int threads, int cuda_ordinal = 0);
 
 // The sampler a CUDA model's executor uses, so a decode step copies back token ids instead of
-// logits; null on the CPU.
+// logits; null on the CPU. With `ops` (the model's CUDA ops) it waits for their stream with an
+// event rather than for the whole device.
 absl::StatusOr<std::unique_ptr<DeviceSampler>> CreateDeviceSampler(Device device,
-                                                                   int cuda_ordinal = 0);
+                                                                   int cuda_ordinal = 0,
+                                                                   Ops* ops = nullptr);
 
 // Free and total memory of CUDA device `cuda_ordinal` (cudaMemGetInfo).
 struct DeviceMemory {

@@ -43,7 +43,8 @@ absl::Status RunProfilingForward(LlamaModel& model, Ops& ops, const SchedulerCon
   }
   std::vector<int32_t> logits_rows(token_ids.size());
   for (size_t i = 0; i < logits_rows.size(); ++i) logits_rows[i] = static_cast<int32_t>(i);
-  KvCache kv(ops, model.kv_layer_shapes(), next_block, bs, cache.kv_dtype);
+  KVFOLD_ASSIGN_OR_RETURN(const KvCache kv, KvCache::Create(ops, model.kv_layer_shapes(),
+                                                            next_block, bs, cache.kv_dtype));
   ForwardBatch batch;
   batch.token_ids = token_ids;
   batch.positions = positions;

@@ -41,7 +41,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int threads,
     l.model->set_step_graphs(std::move(graphs));
     // Under tensor parallelism the leader samples the gathered logits on the host.
     if (tp.size == 1) {
-      KVFOLD_ASSIGN_OR_RETURN(l.sampler, CreateDeviceSampler(device, l.cuda_ordinal));
+      KVFOLD_ASSIGN_OR_RETURN(l.sampler, CreateDeviceSampler(device, l.cuda_ordinal, l.ops.get()));
     }
     KVFOLD_ASSIGN_OR_RETURN(const DeviceMemory m, QueryDeviceMemory(l.cuda_ordinal));
     l.weight_bytes = free_before - m.free_bytes;

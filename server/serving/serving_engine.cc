@@ -37,9 +37,7 @@ struct ServingEngine::Stream {
 };
 
 struct ServingEngine::State {
-  State(Ops& ops, LlamaModel& model, const PoolInfo& pool)
-      : cache(ops, model.kv_layer_shapes(), pool.num_blocks, pool.block_size, pool.kv_dtype),
-        executor(model, cache) {}
+  State(LlamaModel& model, KvCache kv_cache) : cache(std::move(kv_cache)), executor(model, cache) {}
 
   KvCache cache;
   ModelExecutor executor;
@@ -80,18 +78,23 @@ absl::StatusOr<std::unique_ptr<ServingEngine>> ServingEngine::Create(
       NumKvBlocks(cache, pool.bytes_per_token, scheduler.max_model_len);
   if (!blocks.ok()) return blocks.status();
   pool.num_blocks = *blocks;
-  return std::unique_ptr<ServingEngine>(
-      new ServingEngine(model, ops, tokenizer, pool, scheduler, options));
+  // A pool the device cannot hold is an error here, not a crash.
+  absl::StatusOr<KvCache> kv = KvCache::Create(ops, model.kv_layer_shapes(), pool.num_blocks,
+                                               pool.block_size, pool.kv_dtype);
+  if (!kv.ok()) return kv.status();
+  return std::unique_ptr<ServingEngine>(new ServingEngine(
+      model, std::make_unique<State>(model, *std::move(kv)), tokenizer, pool, scheduler, options));
 }
 
-ServingEngine::ServingEngine(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, PoolInfo pool,
+ServingEngine::ServingEngine(LlamaModel& model, std::unique_ptr<State> state,
+                             const Tokenizer& tokenizer, PoolInfo pool,
                              const SchedulerConfig& scheduler, ServingOptions options)
     : tokenizer_(tokenizer),
       vocab_size_(model.config().vocab_size),
       pool_(pool),
       scheduler_config_(scheduler),
       options_(options),
-      state_(std::make_unique<State>(ops, model, pool)) {
+      state_(std::move(state)) {
   state_->executor.set_device_sampler(options.device_sampler);
   // Blocks cached under one attention plan are never reused under another.
   state_->engine = std::make_unique<Engine>(scheduler, pool.num_blocks, pool.block_size,

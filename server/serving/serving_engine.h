@@ -143,8 +143,9 @@ class ServingEngine {
 
  private:
   struct Stream;
-  ServingEngine(LlamaModel& model, Ops& ops, const Tokenizer& tokenizer, PoolInfo pool,
-                const SchedulerConfig& scheduler, ServingOptions options);
+  struct State;
+  ServingEngine(LlamaModel& model, std::unique_ptr<State> state, const Tokenizer& tokenizer,
+                PoolInfo pool, const SchedulerConfig& scheduler, ServingOptions options);
   // Engine thread: turns a token-level delta into a text-level one.
   void OnOutput(const RequestOutput& output);
   void OnStep(const StepInfo& step);
@@ -154,7 +155,6 @@ class ServingEngine {
   const PoolInfo pool_;
   const SchedulerConfig scheduler_config_;
   const ServingOptions options_;
-  struct State;
   std::unique_ptr<State> state_;
 };
 

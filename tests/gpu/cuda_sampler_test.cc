@@ -243,6 +243,39 @@ TEST(CudaSamplerBatchTest, RejectsInconsistentBatches) {
   EXPECT_FALSE(sampler->Sample(device.get(), 2, 4, batch, absl::MakeSpan(tokens)).ok());
 }
 
+// A sampler given the ops' stream orders itself after the work queued there: logits still being
+// written by many queued Adds (no host wait in between) are sampled as finally written. Greedy
+// rows pick token 5 before the Adds and `target` after them.
+TEST(CudaSamplerBatchTest, WaitsForTheOpsStreamsQueuedWork) {
+  KVFOLD_REQUIRE_GPU();
+  std::unique_ptr<Ops> ops = *NewCudaOps(0);
+  std::unique_ptr<DeviceSampler> sampler = *NewCudaSampler(0, CudaOpsStream(*ops));
+  constexpr int32_t kRows = 64, kVocab = 128256, kAdds = 200;
+  std::vector<float> initial(static_cast<size_t>(kRows) * kVocab, 0.0f), step(initial.size());
+  std::vector<int32_t> target(kRows);
+  for (int32_t r = 0; r < kRows; ++r) {
+    initial[static_cast<size_t>(r) * kVocab + 5] = 1.0f;
+    target[r] = 1000 + 37 * r;
+    step[static_cast<size_t>(r) * kVocab + target[r]] = 0.01f;  // 2.0 after kAdds
+  }
+  Tensor logits = ops->Allocate(DType::kF32, kRows, kVocab);
+  Tensor delta = ops->Allocate(DType::kF32, kRows, kVocab);
+  ops->CopyFromHost(step.data(), delta.view());
+  DeviceSamplingBatch batch;
+  for (int32_t r = 0; r < kRows; ++r) {
+    batch.rows.push_back({.logits_row = r});
+    batch.bias_offsets.push_back(0);
+    batch.history_offsets.push_back(0);
+  }
+  for (int round = 0; round < 3; ++round) {
+    ops->CopyFromHost(initial.data(), logits.view());  // waits: the Adds below start from here
+    for (int i = 0; i < kAdds; ++i) ops->Add(logits.view(), delta.view());
+    std::vector<int32_t> tokens(kRows);
+    ASSERT_TRUE(sampler->Sample(logits.f32(), kRows, kVocab, batch, absl::MakeSpan(tokens)).ok());
+    EXPECT_EQ(tokens, target) << "round " << round;
+  }
+}
+
 // stories260K on CUDA ops: one executor samples on the device, the other copies the same logits
 // to the host. Both see bit-identical logits, so every token, logprob and prompt score agrees.
 TEST(CudaSamplerExecutorTest, DeviceSamplingMatchesHostSamplingOfTheSameLogits) {
@@ -255,7 +288,8 @@ TEST(CudaSamplerExecutorTest, DeviceSamplingMatchesHostSamplingOfTheSameLogits) 
       testing::LoadModel(root + "/models/stories260K", *ops);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   std::unique_ptr<LlamaModel> model = *std::move(loaded);
-  std::unique_ptr<DeviceSampler> sampler = *NewCudaSampler(0);
+  // Waits for the ops' stream with an event, as the server's sampler does.
+  std::unique_ptr<DeviceSampler> sampler = *NewCudaSampler(0, CudaOpsStream(*ops));
   constexpr int32_t kBlockSize = 16, kNumBlocks = 64, kSteps = 24;
   KvCache device_cache(*ops, model->config(), kNumBlocks, kBlockSize, DType::kF32);
   KvCache host_cache(*ops, model->config(), kNumBlocks, kBlockSize, DType::kF32);
