@@ -1,4 +1,5 @@
-// CudaOps::WriteKv and CudaOps::FoldedPagedAttention: validation and head grouping on the host
+// CudaOps::WriteKv, CudaOps::RopeWriteKv (RoPE of q and k fused with the K/V write: one kernel)
+// and CudaOps::FoldedPagedAttention: validation and head grouping on the host
 // (kernels/attention_heads.h), then one upload and the launches. Attention rows are split by
 // their own sequence's shape only: one-row sequences go to the split-K decode kernels, longer
 // chunks to the tiled prefill kernel (kernels/cuda/kernels.h); both give the same bits.

@@ -1,5 +1,5 @@
 // The CUDA backend's Ops implementation, shared by the files that define its methods:
-// cuda_ops.cc (lifecycle, memory, element-wise ops), attention_ops.cc (WriteKv,
+// cuda_ops.cc (lifecycle, memory, element-wise ops), attention_ops.cc (WriteKv, RopeWriteKv,
 // FoldedPagedAttention) and matmul.cc (MatMul).
 //
 // Everything runs in order on one stream the object owns; CopyToHost is the only call that waits
