@@ -106,11 +106,15 @@ TEST_P(RopeWriteKvTest, DefaultEqualsRopeRopeWriteKv) {
   EXPECT_TRUE(SameBytes(q_view(fused), q_view(separate)));
   EXPECT_TRUE(SameBytes(k_view(fused), k_view(separate)));
   EXPECT_TRUE(SameBytes(fused.layer.v, separate.layer.v));
-  if (s.k_heads > 0) EXPECT_TRUE(SameBytes(fused.layer.k, separate.layer.k));
-  // Not vacuous: q and k were rotated (position 39's angles move every pair), the cache was
-  // written, and the padding row's slot stayed untouched (zero) in every other slot.
+  if (s.k_heads > 0) {
+    EXPECT_TRUE(SameBytes(fused.layer.k, separate.layer.k));
+  }
+  // Not vacuous: q and k were rotated, slot 7 was written, and slots no row maps to (nor the
+  // padding row) stayed zero.
   EXPECT_NE(fused.q, q0);
-  if (s.k_heads > 0) EXPECT_NE(fused.k, k0);
+  if (s.k_heads > 0) {
+    EXPECT_NE(fused.k, k0);
+  }
   const TensorView written = fused.layer.v.Rows(7, 1);
   const std::vector<char> zeros(written.nbytes(), 0);
   EXPECT_NE(std::memcmp(written.data, zeros.data(), zeros.size()), 0);
