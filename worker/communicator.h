@@ -26,6 +26,8 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Whether the collectives take device (GPU) pointers in place; host memory only when false.
+  virtual bool accepts_device_memory() const { return false; }
 
   // data[0, count) becomes the element-wise sum over ranks, in rank order (see above).
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;

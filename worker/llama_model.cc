@@ -646,10 +646,12 @@ absl::Status LlamaModel::Logits(const TensorView& last, float* logits) {
 absl::Status LlamaModel::AllReduce(TensorView o) {
   if (tp_.size == 1) return absl::OkStatus();
   absl::Status s;
-  if (ops_.device() == Device::kCpu) {
+  if (ops_.device() == Device::kCpu || tp_.comm->accepts_device_memory()) {
+    // In place: host memory, or device memory a device communicator (NCCL) orders after the ops'
+    // stream.
     s = tp_.comm->AllReduceSum(o.f32(), static_cast<size_t>(o.numel()));
   } else {
-    // Through the host: a device communicator (NCCL) reduces in place instead.
+    // Through the host: a host communicator (gloo) with device activations.
     std::vector<float>& host = ws_->host;
     host.resize(static_cast<size_t>(o.numel()));
     ops_.CopyToHost(o, host.data());

@@ -75,6 +75,7 @@ class NcclCommunicator final : public Communicator {
 
   int rank() const override { return options_.rank; }
   int size() const override { return options_.size; }
+  bool accepts_device_memory() const override { return true; }
   absl::Status AllReduceSum(float* data, size_t count) override;
   absl::Status AllGather(const float* in, size_t count, float* out) override;
   absl::Status Broadcast(float* data, size_t count, int root) override;

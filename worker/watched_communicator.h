@@ -23,6 +23,7 @@ class WatchedCommunicator final : public Communicator {
 
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
+  bool accepts_device_memory() const override { return inner_.accepts_device_memory(); }
   absl::Status AllReduceSum(float* data, size_t count) override {
     return Check(inner_.AllReduceSum(data, count));
   }
