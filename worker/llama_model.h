@@ -11,6 +11,7 @@
 #include "absl/types/span.h"
 #include "kernels/ops.h"
 #include "worker/attention_plan.h"
+#include "worker/forward_batch.h"
 #include "worker/forward_observer.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
@@ -19,15 +20,6 @@
 #include "worker/weight_source.h"
 
 namespace kvfold {
-
-// One forward step over a flat batch of tokens from several sequences.
-struct ForwardBatch {
-  absl::Span<const int32_t> token_ids;  // num_tokens
-  absl::Span<const int32_t> positions;  // num_tokens
-  AttentionBatch attention;
-  // Token rows whose logits are wanted, e.g. each sequence's last row (or every row, for goldens).
-  absl::Span<const int32_t> logits_rows;
-};
 
 class LlamaModel {
  public:
@@ -146,7 +138,8 @@ class LlamaModel {
   int32_t model_id_ = 0;  // this model's part of its step graph keys
   PaddedDecodeBatch padded_;
   std::set<int64_t> warm_graphs_;
-  std::vector<const void*> graph_cache_;  // per layer the K and V arrays the graphs write  // graph shapes run eagerly once (their caches are warm)
+  std::vector<const void*> graph_cache_;  // per layer the K and V arrays the graphs write  // graph
+                                          // shapes run eagerly once (their caches are warm)
 };
 
 }  // namespace kvfold

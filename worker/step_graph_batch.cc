@@ -44,7 +44,7 @@ void PaddedDecodeBatch::Pad(const ForwardBatch& batch, int32_t rows, int32_t tab
   CHECK(n <= rows && a.max_blocks_per_seq <= table_width)
       << "Pad: " << n << " sequences x " << a.max_blocks_per_seq << " blocks into " << rows << " x "
       << table_width;
-  width = table_width;
+  max_blocks_per_seq = table_width;
   token_ids.assign(batch.token_ids.begin(), batch.token_ids.end());
   token_ids.resize(rows, 0);
   positions.assign(batch.positions.begin(), batch.positions.end());
@@ -53,28 +53,15 @@ void PaddedDecodeBatch::Pad(const ForwardBatch& batch, int32_t rows, int32_t tab
   for (int32_t s = 0; s <= rows; ++s) query_start[s] = s;
   context_len.assign(a.context_len.begin(), a.context_len.end());
   context_len.resize(rows, 1);  // a padding row attends to position 0 only
-  block_tables.assign(static_cast<size_t>(rows) * width, 0);
+  block_tables.assign(static_cast<size_t>(rows) * table_width, 0);
   for (int32_t s = 0; s < n; ++s) {
     std::copy_n(a.block_tables.begin() + static_cast<size_t>(s) * a.max_blocks_per_seq,
-                a.max_blocks_per_seq, block_tables.begin() + static_cast<size_t>(s) * width);
+                a.max_blocks_per_seq, block_tables.begin() + static_cast<size_t>(s) * table_width);
   }
   slot_mapping.assign(a.slot_mapping.begin(), a.slot_mapping.end());
   slot_mapping.resize(rows, -1);  // padding writes no K/V
   logits_rows.assign(batch.logits_rows.begin(), batch.logits_rows.end());
   for (int32_t r = n; r < rows; ++r) logits_rows.push_back(r);
-}
-
-ForwardBatch PaddedDecodeBatch::View() const {
-  ForwardBatch b;
-  b.token_ids = token_ids;
-  b.positions = positions;
-  b.attention.query_start = query_start;
-  b.attention.context_len = context_len;
-  b.attention.block_tables = block_tables;
-  b.attention.max_blocks_per_seq = width;
-  b.attention.slot_mapping = slot_mapping;
-  b.logits_rows = logits_rows;
-  return b;
 }
 
 }  // namespace kvfold

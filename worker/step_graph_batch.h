@@ -9,10 +9,9 @@
 
 #include "absl/types/span.h"
 #include "kernels/ops.h"
+#include "worker/forward_batch.h"
 
 namespace kvfold {
-
-struct ForwardBatch;
 
 struct StepGraphOptions {
   // One host-to-device copy of the step's arrays instead of one per op call (CUDA).
@@ -40,15 +39,10 @@ inline int64_t StepGraphKey(int32_t model, int32_t rows, int32_t width) {
 bool IsDecodeStep(const ForwardBatch& batch);
 
 // A decode batch padded to `rows` sequences and block tables `width` wide; owns its arrays.
-struct PaddedDecodeBatch {
-  std::vector<int32_t> token_ids, positions, query_start, context_len, block_tables, logits_rows;
-  std::vector<int64_t> slot_mapping;
-  int32_t width = 0;
-
-  // Pads `batch` (a decode step with at most `rows` sequences and tables at most `width` wide).
+struct PaddedDecodeBatch : ForwardBatchArrays {
+  // Pads `batch` (a decode step with at most `rows` sequences and tables at most `width` wide);
+  // View() is the padded batch.
   void Pad(const ForwardBatch& batch, int32_t rows, int32_t width);
-  // A view of the padded arrays.
-  ForwardBatch View() const;
 };
 
 }  // namespace kvfold

@@ -48,19 +48,6 @@ absl::Status StepMessage::Validate() const {
   return absl::OkStatus();
 }
 
-ForwardBatch StepMessage::batch() const {
-  ForwardBatch b;
-  b.token_ids = token_ids;
-  b.positions = positions;
-  b.attention.query_start = query_start;
-  b.attention.context_len = context_len;
-  b.attention.block_tables = block_tables;
-  b.attention.max_blocks_per_seq = max_blocks_per_seq;
-  b.attention.slot_mapping = slot_mapping;
-  b.logits_rows = logits_rows;
-  return b;
-}
-
 absl::Status FollowSteps(LlamaModel& model, Ops& ops, StepSource& source) {
   std::unique_ptr<KvCache> cache;
   std::vector<float> logits;

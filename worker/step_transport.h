@@ -30,16 +30,8 @@
 namespace kvfold {
 
 // One step as flat arrays (a ForwardBatch's spans, owned), or the leader's finish marker.
-struct StepMessage {
+struct StepMessage : ForwardBatchArrays {
   bool finish = false;
-  std::vector<int32_t> token_ids;     // num_tokens
-  std::vector<int32_t> positions;     // num_tokens
-  std::vector<int32_t> query_start;   // num_seqs + 1
-  std::vector<int32_t> context_len;   // num_seqs
-  std::vector<int32_t> block_tables;  // num_seqs x max_blocks_per_seq
-  int32_t max_blocks_per_seq = 0;
-  std::vector<int64_t> slot_mapping;  // num_tokens
-  std::vector<int32_t> logits_rows;
   // The leader's KV cache geometry.
   int32_t cache_blocks = 0;
   int32_t cache_block_size = 0;
@@ -54,7 +46,7 @@ struct StepMessage {
   // INTERNAL unless the arrays agree in size and the geometry is positive (a step from the wire).
   absl::Status Validate() const;
   // Views into this message.
-  ForwardBatch batch() const;
+  ForwardBatch batch() const { return View(); }
 
   bool operator==(const StepMessage&) const = default;
 };

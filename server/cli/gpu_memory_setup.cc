@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <numeric>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -22,40 +23,33 @@ absl::Status RunProfilingForward(LlamaModel& model, Ops& ops, const SchedulerCon
   const int32_t blocks_per_seq = (len + bs - 1) / bs;
   const int64_t tokens =
       std::min<int64_t>(scheduler.max_num_batched_tokens, int64_t{scheduler.max_num_seqs} * len);
-  std::vector<int32_t> token_ids, positions, query_start{0}, context_len, block_tables;
-  std::vector<int64_t> slots;
+  ForwardBatchArrays step;
+  step.query_start = {0};
+  step.max_blocks_per_seq = blocks_per_seq;
   int32_t next_block = 1;  // block 0 stands in for every position a chunk only reads
   for (int64_t remaining = tokens; remaining > 0;) {
     const int32_t q = static_cast<int32_t>(std::min<int64_t>(remaining, len));
     const int32_t first = len - q;
-    const size_t table = block_tables.size();
+    const size_t table = step.block_tables.size();
     for (int32_t b = 0; b < blocks_per_seq; ++b) {
-      block_tables.push_back((b + 1) * bs > first ? next_block++ : 0);
+      step.block_tables.push_back((b + 1) * bs > first ? next_block++ : 0);
     }
     for (int32_t pos = first; pos < len; ++pos) {
-      token_ids.push_back(0);
-      positions.push_back(pos);
-      slots.push_back(int64_t{block_tables[table + pos / bs]} * bs + pos % bs);
+      step.token_ids.push_back(0);
+      step.positions.push_back(pos);
+      step.slot_mapping.push_back(int64_t{step.block_tables[table + pos / bs]} * bs + pos % bs);
     }
-    context_len.push_back(len);
-    query_start.push_back(query_start.back() + q);
+    step.context_len.push_back(len);
+    step.query_start.push_back(step.query_start.back() + q);
     remaining -= q;
   }
-  std::vector<int32_t> logits_rows(token_ids.size());
-  for (size_t i = 0; i < logits_rows.size(); ++i) logits_rows[i] = static_cast<int32_t>(i);
+  step.logits_rows.resize(step.token_ids.size());
+  std::iota(step.logits_rows.begin(), step.logits_rows.end(), 0);
   KVFOLD_ASSIGN_OR_RETURN(const KvCache kv, KvCache::Create(ops, model.kv_layer_shapes(),
                                                             next_block, bs, cache.kv_dtype));
-  ForwardBatch batch;
-  batch.token_ids = token_ids;
-  batch.positions = positions;
-  batch.attention.query_start = query_start;
-  batch.attention.context_len = context_len;
-  batch.attention.block_tables = block_tables;
-  batch.attention.max_blocks_per_seq = blocks_per_seq;
-  batch.attention.slot_mapping = slots;
-  batch.logits_rows = logits_rows;
-  std::vector<float> logits(logits_rows.size() * static_cast<size_t>(model.config().vocab_size));
-  return model.Forward(batch, kv, logits.data());
+  std::vector<float> logits(step.logits_rows.size() *
+                            static_cast<size_t>(model.config().vocab_size));
+  return model.Forward(step.View(), kv, logits.data());
 }
 
 absl::StatusOr<CacheConfig> PlanGpuKvCache(LlamaModel& model, Ops& ops, CacheConfig cache,

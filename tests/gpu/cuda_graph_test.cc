@@ -38,34 +38,31 @@ class Decoder {
   // Appends tokens[s] to sequence s; returns [num_seqs * vocab] logits.
   std::vector<float> Step(const std::vector<int32_t>& tokens) {
     const int n = static_cast<int>(lens_.size());
-    std::vector<int32_t> positions(n), query_start(n + 1), context(n), rows(n);
-    std::vector<int64_t> slots(n);
+    ForwardBatchArrays b;
+    b.token_ids = tokens;
+    b.positions.resize(n);
+    b.query_start.resize(n + 1);
+    b.context_len.resize(n);
+    b.logits_rows.resize(n);
+    b.slot_mapping.resize(n);
     int32_t width = 0;
     for (int s = 0; s < n; ++s) {
       if (lens_[s] % kBlockSize == 0) tables_[s].push_back(next_block_++);
-      positions[s] = lens_[s];
-      slots[s] = static_cast<int64_t>(tables_[s][lens_[s] / kBlockSize]) * kBlockSize +
-                 lens_[s] % kBlockSize;
-      context[s] = ++lens_[s];
-      query_start[s + 1] = s + 1;
-      rows[s] = s;
+      b.positions[s] = lens_[s];
+      b.slot_mapping[s] = static_cast<int64_t>(tables_[s][lens_[s] / kBlockSize]) * kBlockSize +
+                          lens_[s] % kBlockSize;
+      b.context_len[s] = ++lens_[s];
+      b.query_start[s + 1] = s + 1;
+      b.logits_rows[s] = s;
       width = std::max(width, static_cast<int32_t>(tables_[s].size()));
     }
-    std::vector<int32_t> tables(static_cast<size_t>(n) * width, 0);
+    b.max_blocks_per_seq = width;
+    b.block_tables.assign(static_cast<size_t>(n) * width, 0);
     for (int s = 0; s < n; ++s) {
-      std::copy(tables_[s].begin(), tables_[s].end(), tables.begin() + s * width);
+      std::copy(tables_[s].begin(), tables_[s].end(), b.block_tables.begin() + s * width);
     }
-    ForwardBatch b;
-    b.token_ids = tokens;
-    b.positions = positions;
-    b.attention.query_start = query_start;
-    b.attention.context_len = context;
-    b.attention.block_tables = tables;
-    b.attention.max_blocks_per_seq = width;
-    b.attention.slot_mapping = slots;
-    b.logits_rows = rows;
     std::vector<float> logits(static_cast<size_t>(n) * model_.config().vocab_size);
-    const absl::Status status = model_.Forward(b, cache_, logits.data());
+    const absl::Status status = model_.Forward(b.View(), cache_, logits.data());
     EXPECT_TRUE(status.ok()) << status;
     return logits;
   }
