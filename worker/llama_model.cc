@@ -524,6 +524,7 @@ absl::StatusOr<bool> LlamaModel::ForwardStepGraph(const ForwardBatch& batch, con
     return false;
   }
   const int64_t key = StepGraphKey(model_id_, rows, width);
+  if (eager_shapes_.contains(key)) return false;
   const int64_t num_logits = static_cast<int64_t>(batch.logits_rows.size());
 
   // The graphs write into the cache they were captured with: another cache (other addresses)
@@ -565,7 +566,15 @@ absl::StatusOr<bool> LlamaModel::ForwardStepGraph(const ForwardBatch& batch, con
       status = ops_.EndStepCapture(key);
       if (!run.ok()) status = run;
     }
-    if (status.ok()) status = ops_.ReplayStepGraph(key);
+    if (status.ok()) {
+      status = ops_.ReplayStepGraph(key);
+    } else {
+      // Nothing ran during the capture: the step runs eagerly, now and for this shape from now on.
+      LOG(WARNING) << "decode step graph capture failed (" << status
+                   << "); this shape runs eagerly";
+      eager_shapes_.insert(key);
+      status = RunStep(padded, cache);
+    }
   }
   ops_.EndStep();
   KVFOLD_RETURN_IF_ERROR(status);

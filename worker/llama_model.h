@@ -137,9 +137,9 @@ class LlamaModel {
   StepGraphOptions graph_options_;
   int32_t model_id_ = 0;  // this model's part of its step graph keys
   PaddedDecodeBatch padded_;
-  std::set<int64_t> warm_graphs_;
-  std::vector<const void*> graph_cache_;  // per layer the K and V arrays the graphs write  // graph
-                                          // shapes run eagerly once (their caches are warm)
+  std::set<int64_t> warm_graphs_;         // graph shapes run eagerly once (their caches are warm)
+  std::set<int64_t> eager_shapes_;        // graph shapes whose capture failed: always eager
+  std::vector<const void*> graph_cache_;  // per layer the K and V arrays the graphs write
 };
 
 }  // namespace kvfold

@@ -60,8 +60,11 @@ absl::Status FollowSteps(LlamaModel& model, Ops& ops, StepSource& source) {
     if (cache == nullptr || cache->num_blocks() != step.cache_blocks ||
         cache->block_size() != step.cache_block_size || cache->dtype() != dtype) {
       cache.reset();  // the old one first: at most one cache in memory
-      cache = std::make_unique<KvCache>(ops, model.kv_layer_shapes(), step.cache_blocks,
-                                        step.cache_block_size, dtype);
+      // The leader planned the pool on its device: a follower's may hold less (an error here).
+      KVFOLD_ASSIGN_OR_RETURN(KvCache created,
+                              KvCache::Create(ops, model.kv_layer_shapes(), step.cache_blocks,
+                                              step.cache_block_size, dtype));
+      cache = std::make_unique<KvCache>(std::move(created));
     }
     logits.resize(step.logits_rows.size() * static_cast<size_t>(model.config().vocab_size));
     KVFOLD_RETURN_IF_ERROR(model.Forward(step.batch(), *cache, logits.data()));

@@ -17,7 +17,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "kernels/cuda/sampling.h"
 #include "kernels/ops.h"
 #include "scheduler/engine.h"
 #include "scheduler/request.h"
@@ -27,6 +26,10 @@
 #include "server/tokenizer/tokenizer.h"
 #include "worker/cache_config.h"
 #include "worker/llama_model.h"
+
+namespace kvfold {
+class DeviceSampler;  // kernels/cuda/sampling.h: the CLI makes one for a GPU
+}  // namespace kvfold
 
 namespace kvfold::serving {
 
